@@ -1,0 +1,58 @@
+# The two commands of the README, `make lab` and `make test`, do all the set-up:
+# they create .venv if it is missing and install the project with its dev extras.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.metalib-installed
+CELL_TIMEOUT ?= 300
+NOTEBOOKS := $(sort $(wildcard notebooks/[0-9][0-9]_*.ipynb))
+
+.PHONY: lab test install lint format execute checkpoints benchmark clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+$(STAMP): pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install -e ".[dev]"
+	$(BIN)/python -c "import torch, torchvision; print('torch', torch.__version__, '/ torchvision', torchvision.__version__)"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+lab: install
+	$(BIN)/jupyter lab notebooks/
+
+# Unit tests, then every notebook under nbval in quick mode, then the linter.
+test: install
+	METALIB_QUICK=1 $(BIN)/python -m pytest tests/ \
+	    --nbval-lax --nbval-current-env --nbval-cell-timeout=$(CELL_TIMEOUT) $(NOTEBOOKS)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: install
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
+
+# Re-run every notebook in full mode and store its outputs (the committed outputs come from here).
+execute: install
+	for nb in $(NOTEBOOKS); do \
+	    METALIB_QUICK=0 $(BIN)/jupyter nbconvert --to notebook --execute --inplace \
+	        --ExecutePreprocessor.timeout=3600 "$$nb" || exit 1; \
+	done
+
+# Retrain the shipped checkpoints at full budget (see README: "Retraining the checkpoints").
+checkpoints: install
+	$(BIN)/python -m metalib train sinusoid-maml --out data/checkpoints/sinusoid_maml --no-progress
+	$(BIN)/python -m metalib train sinusoid-pretrain --out data/checkpoints/sinusoid_pretrain --no-progress
+	$(BIN)/python -m metalib evaluate data/checkpoints/sinusoid_maml.pt
+	$(BIN)/python -m metalib evaluate data/checkpoints/sinusoid_pretrain.pt
+
+benchmark: install
+	$(BIN)/python benchmarks/sinusoid_training_speed.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache

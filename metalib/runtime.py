@@ -1,0 +1,95 @@
+"""Everything that reads the environment: quick mode, the data directory, the device.
+
+This is the only module of ``metalib`` that looks at environment variables:
+
+- ``METALIB_QUICK=1`` shrinks training budgets so that every notebook runs in about a
+  minute on two CPU cores (read once, by :func:`quick`);
+- ``METALIB_DATA`` is the data directory (default: ``data/`` at the repository root);
+- ``METALIB_DEVICE`` overrides the automatic device choice (cuda, then mps, then cpu).
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import random
+from pathlib import Path
+
+import numpy as np
+import torch
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"", "0", "false", "no", "off"}
+
+
+@functools.cache
+def quick() -> bool:
+    """Whether quick mode is on (``METALIB_QUICK``), read once per process."""
+    value = os.environ.get("METALIB_QUICK", "").strip().lower()
+    if value in _TRUE:
+        return True
+    if value in _FALSE:
+        return False
+    raise ValueError(f"METALIB_QUICK={value!r} is not a boolean: set it to 1 or 0.")
+
+
+def data_dir() -> Path:
+    """The data directory: ``METALIB_DATA`` if set, otherwise ``data/`` in the repository."""
+    value = os.environ.get("METALIB_DATA")
+    return Path(value).expanduser() if value else REPO_ROOT / "data"
+
+
+def checkpoint_dir() -> Path:
+    """Where the shipped checkpoints live: ``<repository>/data/checkpoints``."""
+    return REPO_ROOT / "data" / "checkpoints"
+
+
+def device(preference: str | None = None) -> torch.device:
+    """Choose a device: the preference, else ``METALIB_DEVICE``, else cuda, mps, cpu.
+
+    Args:
+        preference: ``"cuda"``, ``"cuda:1"``, ``"mps"``, ``"cpu"`` or None for automatic.
+
+    Raises:
+        ValueError: if the requested device is unknown or not available here.
+    """
+    name = preference or os.environ.get("METALIB_DEVICE") or None
+    if name is None:
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    try:
+        chosen = torch.device(name)
+    except RuntimeError as error:
+        raise ValueError(f"device {name!r} is not a device name: use cuda, mps or cpu.") from error
+    if chosen.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {name!r} requested but CUDA is not available: use cpu.")
+    if chosen.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"device {name!r} requested but MPS is not available: use cpu.")
+    return chosen
+
+
+def seed_everything(seed: int) -> torch.Generator:
+    """Seed Python, NumPy and PyTorch, and return a CPU generator seeded the same way.
+
+    Task samplers take an explicit generator; the global seeds only cover what does not
+    (weight initialisation, for example).
+    """
+    if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
+        raise ValueError(f"seed={seed!r} must be a non-negative integer.")
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    return torch.Generator().manual_seed(seed)
+
+
+def describe_device(dev: torch.device) -> str:
+    """A human-readable name: the GPU model for cuda, otherwise the device type."""
+    if dev.type == "cuda":
+        return f"cuda ({torch.cuda.get_device_name(dev)})"
+    if dev.type == "cpu":
+        return f"cpu ({torch.get_num_threads()} threads)"
+    return dev.type

@@ -1,0 +1,76 @@
+import json
+import subprocess
+import sys
+
+import pytest
+
+from metalib import cli
+
+
+def run(argv, capsys):
+    code = cli.main(argv)
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def test_train_then_evaluate(tmp_path, capsys):
+    stem = tmp_path / "maml"
+    code, out, _ = run(["train", "sinusoid-maml", "--out", str(stem), "--meta-steps", "5",
+                        "--no-progress", "--device", "cpu"], capsys)
+    assert code == 0
+    report = json.loads(out)
+    assert report["steps"] == 5 and (tmp_path / "maml.pt").is_file()
+    sidecar = json.loads((tmp_path / "maml.json").read_text())
+    assert sidecar["command"].startswith("python -m metalib train sinusoid-maml --out")
+    assert sidecar["config"]["meta_steps"] == 5 and sidecar["wall_time_s"] >= 0
+
+    code, out, _ = run(["evaluate", str(tmp_path / "maml.pt"), "--tasks", "20", "--device", "cpu"],
+                       capsys)
+    assert code == 0
+    result = json.loads(out)
+    assert set(result["mse"]) == {"0", "1", "5", "10"}
+    assert result["k_shot"] == 5 and result["tasks"] == 20
+    assert all(v["mean"] > 0 and v["ci95"] > 0 for v in result["mse"].values())
+
+
+def test_first_order_and_options_reach_the_config(tmp_path, capsys):
+    code, _, _ = run(["train", "sinusoid-maml", "--out", str(tmp_path / "f"), "--meta-steps", "2",
+                      "--first-order", "--k-shot", "3", "--inner-steps", "2", "--seed", "7",
+                      "--no-progress"], capsys)
+    assert code == 0
+    config = json.loads((tmp_path / "f.json").read_text())["config"]
+    assert config["first_order"] and config["k_shot"] == 3
+    assert config["inner_steps"] == 2 and config["seed"] == 7
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["train", "sinusoid-maml", "--out", "x", "--k-shot", "0"], "0 is not >= 1"),
+        (["train", "sinusoid-maml", "--out", "x", "--inner-steps", "-1"], "-1 is not >= 0"),
+        (["train", "sinusoid-nope", "--out", "x"], "invalid choice: 'sinusoid-nope'"),
+    ],
+)
+def test_bad_arguments_exit_with_usage(argv, message, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(argv)
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_non_finite_learning_rate_is_named(tmp_path, capsys):
+    code, _, err = run(["train", "sinusoid-maml", "--out", str(tmp_path / "x"),
+                        "--inner-lr", "nan", "--meta-steps", "1"], capsys)
+    assert code == 2 and "inner_lr=nan" in err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_evaluate_missing_checkpoint(tmp_path, capsys):
+    code, _, err = run(["evaluate", str(tmp_path / "none.pt")], capsys)
+    assert code == 2 and "none.pt not found" in err
+
+
+def test_module_entry_point_help():
+    result = subprocess.run([sys.executable, "-m", "metalib", "train", "--help"],
+                            capture_output=True, text=True, check=True)
+    assert "--first-order" in result.stdout and "sinusoid-pretrain" in result.stdout

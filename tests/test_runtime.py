@@ -1,0 +1,59 @@
+import pytest
+import torch
+
+from metalib import runtime
+
+
+def test_quick_reads_the_environment_once(monkeypatch):
+    runtime.quick.cache_clear()
+    monkeypatch.setenv("METALIB_QUICK", "1")
+    assert runtime.quick() is True
+    monkeypatch.setenv("METALIB_QUICK", "0")
+    assert runtime.quick() is True  # cached: read once per process
+    runtime.quick.cache_clear()
+    assert runtime.quick() is False
+    runtime.quick.cache_clear()
+
+
+def test_quick_rejects_non_boolean(monkeypatch):
+    runtime.quick.cache_clear()
+    monkeypatch.setenv("METALIB_QUICK", "maybe")
+    with pytest.raises(ValueError, match="METALIB_QUICK='maybe'"):
+        runtime.quick()
+    runtime.quick.cache_clear()
+
+
+def test_data_dir(monkeypatch, tmp_path):
+    monkeypatch.delenv("METALIB_DATA", raising=False)
+    assert runtime.data_dir() == runtime.REPO_ROOT / "data"
+    monkeypatch.setenv("METALIB_DATA", str(tmp_path))
+    assert runtime.data_dir() == tmp_path
+
+
+def test_device_choice(monkeypatch):
+    monkeypatch.delenv("METALIB_DEVICE", raising=False)
+    assert runtime.device("cpu") == torch.device("cpu")
+    expected = "cuda" if torch.cuda.is_available() else "cpu"
+    if not torch.cuda.is_available() and torch.backends.mps.is_available():
+        expected = "mps"
+    assert runtime.device().type == expected
+    monkeypatch.setenv("METALIB_DEVICE", "cpu")
+    assert runtime.device() == torch.device("cpu")
+
+
+def test_bad_device_names_the_value():
+    with pytest.raises(ValueError, match="'gpu0'"):
+        runtime.device("gpu0")
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="CUDA is not available"):
+            runtime.device("cuda")
+
+
+def test_seed_everything_is_reproducible():
+    g = runtime.seed_everything(3)
+    a = torch.rand(2), torch.rand(2, generator=g)
+    g = runtime.seed_everything(3)
+    b = torch.rand(2), torch.rand(2, generator=g)
+    torch.testing.assert_close(a, b)
+    with pytest.raises(ValueError, match="seed=-1"):
+        runtime.seed_everything(-1)
