@@ -69,7 +69,9 @@ def save(
         )
     buffer = io.BytesIO()
     tensors = {k: v.detach().cpu().clone() for k, v in state_dict.items()}
-    torch.save({"format": FORMAT, "recipe": recipe, "config": config, "state_dict": tensors}, buffer)
+    torch.save(
+        {"format": FORMAT, "recipe": recipe, "config": config, "state_dict": tensors}, buffer
+    )
     payload = buffer.getvalue()
     sidecar = {
         "format": FORMAT,

@@ -18,8 +18,13 @@ import sys
 from collections.abc import Sequence
 
 from metalib import runtime
-from metalib.recipes import SinusoidConfig, evaluate_sinusoid, load_sinusoid, save_trained
-from metalib.recipes import train_sinusoid
+from metalib.recipes import (
+    SinusoidConfig,
+    evaluate_sinusoid,
+    load_sinusoid,
+    save_trained,
+    train_sinusoid,
+)
 
 RECIPES = {
     "sinusoid-maml": "MAML on sinusoid regression (Finn et al. 2017, section 5.1)",
@@ -60,24 +65,57 @@ def build_parser() -> argparse.ArgumentParser:
     )
     train.add_argument("recipe", choices=sorted(RECIPES), help="what to train")
     train.add_argument("--out", required=True, help="output path stem (PATH.pt, PATH.json)")
-    train.add_argument("--meta-steps", type=_non_negative_int, default=defaults.meta_steps,
-                       help="outer steps (default: %(default)s)")
-    train.add_argument("--meta-batch-size", type=_positive_int, default=defaults.meta_batch_size,
-                       help="tasks per outer step (default: %(default)s)")
-    train.add_argument("--k-shot", type=_positive_int, default=defaults.k_shot,
-                       help="support points per task in training (default: %(default)s)")
-    train.add_argument("--k-query", type=_positive_int, default=defaults.k_query,
-                       help="query points per task in training (default: %(default)s)")
-    train.add_argument("--inner-steps", type=_non_negative_int, default=defaults.inner_steps,
-                       help="inner gradient steps in training (default: %(default)s)")
-    train.add_argument("--inner-lr", type=float, default=defaults.inner_lr,
-                       help="inner step size α (default: %(default)s)")
-    train.add_argument("--outer-lr", type=float, default=defaults.outer_lr,
-                       help="Adam step size β (default: %(default)s)")
-    train.add_argument("--first-order", action="store_true",
-                       help="drop second-order terms (FOMAML)")
-    train.add_argument("--seed", type=_non_negative_int, default=defaults.seed,
-                       help="seed for weights and task sampling (default: %(default)s)")
+    train.add_argument(
+        "--meta-steps",
+        type=_non_negative_int,
+        default=defaults.meta_steps,
+        help="outer steps (default: %(default)s)",
+    )
+    train.add_argument(
+        "--meta-batch-size",
+        type=_positive_int,
+        default=defaults.meta_batch_size,
+        help="tasks per outer step (default: %(default)s)",
+    )
+    train.add_argument(
+        "--k-shot",
+        type=_positive_int,
+        default=defaults.k_shot,
+        help="support points per task in training (default: %(default)s)",
+    )
+    train.add_argument(
+        "--k-query",
+        type=_positive_int,
+        default=defaults.k_query,
+        help="query points per task in training (default: %(default)s)",
+    )
+    train.add_argument(
+        "--inner-steps",
+        type=_non_negative_int,
+        default=defaults.inner_steps,
+        help="inner gradient steps in training (default: %(default)s)",
+    )
+    train.add_argument(
+        "--inner-lr",
+        type=float,
+        default=defaults.inner_lr,
+        help="inner step size α (default: %(default)s)",
+    )
+    train.add_argument(
+        "--outer-lr",
+        type=float,
+        default=defaults.outer_lr,
+        help="Adam step size β (default: %(default)s)",
+    )
+    train.add_argument(
+        "--first-order", action="store_true", help="drop second-order terms (FOMAML)"
+    )
+    train.add_argument(
+        "--seed",
+        type=_non_negative_int,
+        default=defaults.seed,
+        help="seed for weights and task sampling (default: %(default)s)",
+    )
     train.add_argument("--device", default=None, help="cuda, mps or cpu (default: automatic)")
     train.add_argument("--no-progress", action="store_true", help="hide the progress bar")
 
@@ -88,12 +126,21 @@ def build_parser() -> argparse.ArgumentParser:
         "test MSE (mean and 95%% interval) after 0, 1, 5 and 10 inner steps.",
     )
     evaluate.add_argument("checkpoint", help="PATH.pt written by `train`")
-    evaluate.add_argument("--k-shot", type=_positive_int, default=5,
-                          help="support points per test task (default: %(default)s)")
-    evaluate.add_argument("--tasks", type=_positive_int, default=1000,
-                          help="number of test tasks (default: %(default)s)")
-    evaluate.add_argument("--inner-lr", type=float, default=None,
-                          help="inner step size (default: the checkpoint's)")
+    evaluate.add_argument(
+        "--k-shot",
+        type=_positive_int,
+        default=5,
+        help="support points per test task (default: %(default)s)",
+    )
+    evaluate.add_argument(
+        "--tasks",
+        type=_positive_int,
+        default=1000,
+        help="number of test tasks (default: %(default)s)",
+    )
+    evaluate.add_argument(
+        "--inner-lr", type=float, default=None, help="inner step size (default: the checkpoint's)"
+    )
     evaluate.add_argument("--device", default=None, help="cuda, mps or cpu (default: automatic)")
     return parser
 
@@ -118,15 +165,24 @@ def _train(args: argparse.Namespace, argv: Sequence[str]) -> dict:
     metrics = {"final_train_loss_mean_last_100": sum(tail) / len(tail), "steps": len(losses)}
     command = "python -m metalib " + shlex.join(argv)
     pt_path, json_path = save_trained(trained, args.out, metrics=metrics, command=command)
-    return {"checkpoint": str(pt_path), "sidecar": str(json_path),
-            "wall_time_s": round(trained.history.seconds, 2), **metrics}
+    return {
+        "checkpoint": str(pt_path),
+        "sidecar": str(json_path),
+        "wall_time_s": round(trained.history.seconds, 2),
+        **metrics,
+    }
 
 
 def _evaluate(args: argparse.Namespace) -> dict:
     model, config = load_sinusoid(args.checkpoint, device=runtime.device(args.device))
     inner_lr = config.inner_lr if args.inner_lr is None else args.inner_lr
-    curve = evaluate_sinusoid(model, k_shot=args.k_shot, n_tasks=args.tasks, inner_lr=inner_lr,
-                              max_steps=max(REPORT_STEPS))
+    curve = evaluate_sinusoid(
+        model,
+        k_shot=args.k_shot,
+        n_tasks=args.tasks,
+        inner_lr=inner_lr,
+        max_steps=max(REPORT_STEPS),
+    )
     return {
         "checkpoint": args.checkpoint,
         "recipe": config.recipe,

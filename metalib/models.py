@@ -8,6 +8,8 @@ through ``torch.func.functional_call`` with a parameter dict.
 
 from __future__ import annotations
 
+import itertools
+
 from torch import Tensor, nn
 
 
@@ -21,7 +23,7 @@ class SinusoidMLP(nn.Module):
         self.hidden = tuple(hidden)
         sizes = (1, *hidden, 1)
         layers: list[nn.Module] = []
-        for i, (fan_in, fan_out) in enumerate(zip(sizes[:-1], sizes[1:])):
+        for i, (fan_in, fan_out) in enumerate(itertools.pairwise(sizes)):
             layers.append(nn.Linear(fan_in, fan_out))
             if i < len(sizes) - 2:
                 layers.append(nn.ReLU())

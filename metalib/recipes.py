@@ -29,20 +29,23 @@ TEST_SEED = 2017  # test tasks come from their own generator, never from a train
 
 @dataclass(frozen=True)
 class SinusoidConfig:
-    """Hyperparameters of a sinusoid run; the defaults are the MAML paper's.
+    """Hyperparameters of a sinusoid run. The defaults are the shipped checkpoints' recipe.
 
-    ``meta_steps`` defaults to the budget of the shipped checkpoint (the paper ran
-    70,000 outer steps; see README for what this budget reaches).
+    It keeps the paper's network, inner step (α = 0.01, one step), K = 10 and Adam, but
+    takes 200 tasks per outer step with β = 0.005 for 5,000 steps instead of 25 tasks with
+    β = 0.001 for 70,000: under ``vmap`` a larger meta-batch costs almost nothing more per
+    step, so about a minute on two CPU cores reaches the paper's test error.
+    :meth:`paper` gives the paper's exact setting.
     """
 
     method: str = "maml"
-    meta_steps: int = 20_000
-    meta_batch_size: int = 25
+    meta_steps: int = 5_000
+    meta_batch_size: int = 200
     k_shot: int = 10
     k_query: int = 10
     inner_lr: float = 0.01
     inner_steps: int = 1
-    outer_lr: float = 1e-3
+    outer_lr: float = 5e-3
     first_order: bool = False
     hidden: tuple[int, ...] = (40, 40)
     seed: int = 0
@@ -60,6 +63,11 @@ class SinusoidConfig:
             raise ValueError(f"outer_lr={self.outer_lr!r} must be a finite positive number.")
         if self.seed < 0:
             raise ValueError(f"seed={self.seed!r} must be >= 0.")
+
+    @classmethod
+    def paper(cls, method: str = "maml") -> SinusoidConfig:
+        """The setting of Finn et al. 2017, §5.1: 70,000 steps of 25 tasks, β = 0.001."""
+        return cls(method=method, meta_steps=70_000, meta_batch_size=25, outer_lr=1e-3)
 
     @property
     def recipe(self) -> str:
@@ -196,13 +204,17 @@ def load_sinusoid(
     """A ready model (and its config) from a sinusoid checkpoint."""
     blob = checkpoints.load(path)
     if not str(blob["recipe"]).startswith("sinusoid-"):
-        raise ValueError(f"checkpoint {path} is a {blob['recipe']!r} checkpoint, not a sinusoid one.")
+        raise ValueError(
+            f"checkpoint {path} is a {blob['recipe']!r} checkpoint, not a sinusoid one."
+        )
     config = SinusoidConfig.from_dict(blob["config"])
     model = SinusoidMLP(hidden=config.hidden)
     try:
         model.load_state_dict(blob["state_dict"])
     except RuntimeError as error:
-        raise ValueError(f"checkpoint {path} does not fit SinusoidMLP{config.hidden}: {error}") from error
+        raise ValueError(
+            f"checkpoint {path} does not fit SinusoidMLP{config.hidden}: {error}"
+        ) from error
     return model.to(runtime.device(None if device is None else str(device))), config
 
 

@@ -11,9 +11,15 @@ from metalib.recipes import SinusoidConfig, load_sinusoid
 
 def save_model(path, model=None, **kw):
     model = model or SinusoidMLP()
-    return checkpoints.save(path, recipe="sinusoid-maml", config=SinusoidConfig().to_dict(),
-                            state_dict=model.state_dict(), metrics={"x": 1.0},
-                            command="python -m metalib train sinusoid-maml", **kw)
+    return checkpoints.save(
+        path,
+        recipe="sinusoid-maml",
+        config=SinusoidConfig().to_dict(),
+        state_dict=model.state_dict(),
+        metrics={"x": 1.0},
+        command="python -m metalib train sinusoid-maml",
+        **kw,
+    )
 
 
 def test_round_trip(tmp_path):
@@ -26,7 +32,15 @@ def test_round_trip(tmp_path):
     for name, tensor in model.state_dict().items():
         torch.testing.assert_close(loaded.state_dict()[name], tensor)
     sidecar = json.loads(js.read_text())
-    for key in ("config", "metrics", "device", "wall_time_s", "command", "metalib_version", "sha256"):
+    for key in (
+        "config",
+        "metrics",
+        "device",
+        "wall_time_s",
+        "command",
+        "metalib_version",
+        "sha256",
+    ):
         assert key in sidecar
     assert sorted(os.listdir(tmp_path)) == ["m.json", "m.pt"]
 
@@ -67,8 +81,12 @@ def test_wrong_recipe_and_wrong_architecture(tmp_path):
     save_model(tmp_path / "a")
     with pytest.raises(ValueError, match="'sinusoid-maml', not 'protonet'"):
         checkpoints.load(tmp_path / "a", recipe="protonet")
-    checkpoints.save(tmp_path / "b", recipe="sinusoid-maml", config=SinusoidConfig().to_dict(),
-                     state_dict=SinusoidMLP(hidden=(8,)).state_dict())
+    checkpoints.save(
+        tmp_path / "b",
+        recipe="sinusoid-maml",
+        config=SinusoidConfig().to_dict(),
+        state_dict=SinusoidMLP(hidden=(8,)).state_dict(),
+    )
     with pytest.raises(ValueError, match="does not fit SinusoidMLP"):
         load_sinusoid(tmp_path / "b")
 

@@ -15,8 +15,20 @@ def run(argv, capsys):
 
 def test_train_then_evaluate(tmp_path, capsys):
     stem = tmp_path / "maml"
-    code, out, _ = run(["train", "sinusoid-maml", "--out", str(stem), "--meta-steps", "5",
-                        "--no-progress", "--device", "cpu"], capsys)
+    code, out, _ = run(
+        [
+            "train",
+            "sinusoid-maml",
+            "--out",
+            str(stem),
+            "--meta-steps",
+            "5",
+            "--no-progress",
+            "--device",
+            "cpu",
+        ],
+        capsys,
+    )
     assert code == 0
     report = json.loads(out)
     assert report["steps"] == 5 and (tmp_path / "maml.pt").is_file()
@@ -24,8 +36,9 @@ def test_train_then_evaluate(tmp_path, capsys):
     assert sidecar["command"].startswith("python -m metalib train sinusoid-maml --out")
     assert sidecar["config"]["meta_steps"] == 5 and sidecar["wall_time_s"] >= 0
 
-    code, out, _ = run(["evaluate", str(tmp_path / "maml.pt"), "--tasks", "20", "--device", "cpu"],
-                       capsys)
+    code, out, _ = run(
+        ["evaluate", str(tmp_path / "maml.pt"), "--tasks", "20", "--device", "cpu"], capsys
+    )
     assert code == 0
     result = json.loads(out)
     assert set(result["mse"]) == {"0", "1", "5", "10"}
@@ -34,9 +47,25 @@ def test_train_then_evaluate(tmp_path, capsys):
 
 
 def test_first_order_and_options_reach_the_config(tmp_path, capsys):
-    code, _, _ = run(["train", "sinusoid-maml", "--out", str(tmp_path / "f"), "--meta-steps", "2",
-                      "--first-order", "--k-shot", "3", "--inner-steps", "2", "--seed", "7",
-                      "--no-progress"], capsys)
+    code, _, _ = run(
+        [
+            "train",
+            "sinusoid-maml",
+            "--out",
+            str(tmp_path / "f"),
+            "--meta-steps",
+            "2",
+            "--first-order",
+            "--k-shot",
+            "3",
+            "--inner-steps",
+            "2",
+            "--seed",
+            "7",
+            "--no-progress",
+        ],
+        capsys,
+    )
     assert code == 0
     config = json.loads((tmp_path / "f.json").read_text())["config"]
     assert config["first_order"] and config["k_shot"] == 3
@@ -59,8 +88,19 @@ def test_bad_arguments_exit_with_usage(argv, message, capsys):
 
 
 def test_non_finite_learning_rate_is_named(tmp_path, capsys):
-    code, _, err = run(["train", "sinusoid-maml", "--out", str(tmp_path / "x"),
-                        "--inner-lr", "nan", "--meta-steps", "1"], capsys)
+    code, _, err = run(
+        [
+            "train",
+            "sinusoid-maml",
+            "--out",
+            str(tmp_path / "x"),
+            "--inner-lr",
+            "nan",
+            "--meta-steps",
+            "1",
+        ],
+        capsys,
+    )
     assert code == 2 and "inner_lr=nan" in err
     assert list(tmp_path.iterdir()) == []
 
@@ -71,6 +111,10 @@ def test_evaluate_missing_checkpoint(tmp_path, capsys):
 
 
 def test_module_entry_point_help():
-    result = subprocess.run([sys.executable, "-m", "metalib", "train", "--help"],
-                            capture_output=True, text=True, check=True)
+    result = subprocess.run(
+        [sys.executable, "-m", "metalib", "train", "--help"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     assert "--first-order" in result.stdout and "sinusoid-pretrain" in result.stdout

@@ -27,7 +27,9 @@ def test_values_follow_the_paper_ranges_and_formula():
     assert 0.0 <= tasks.phase.min() and tasks.phase.max() <= math.pi
     assert -5 <= tasks.x_query.min() and tasks.x_query.max() <= 5
     assert tasks.amplitude.mean().item() == pytest.approx(2.55, abs=0.1)
-    expected = tasks.amplitude[:, None, None] * torch.sin(tasks.x_support - tasks.phase[:, None, None])
+    expected = tasks.amplitude[:, None, None] * torch.sin(
+        tasks.x_support - tasks.phase[:, None, None]
+    )
     torch.testing.assert_close(tasks.y_support, expected)
 
 
@@ -51,8 +53,12 @@ def test_fixed_amplitude_and_phase():
 
 @pytest.mark.parametrize(
     ("kwargs", "message"),
-    [({"k_shot": 0}, "k_shot=0"), ({"k_query": -2}, "k_query=-2"),
-     ({"support_range": (1.0, -1.0)}, "support_range"), ({"support_range": (-9.0, 0.0)}, "inside")],
+    [
+        ({"k_shot": 0}, "k_shot=0"),
+        ({"k_query": -2}, "k_query=-2"),
+        ({"support_range": (1.0, -1.0)}, "support_range"),
+        ({"support_range": (-9.0, 0.0)}, "inside"),
+    ],
 )
 def test_bad_sampling_arguments(kwargs, message):
     with pytest.raises(ValueError, match=message):

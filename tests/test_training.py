@@ -21,18 +21,26 @@ def test_train_loop_stops_on_nan_naming_the_step():
 def test_train_loop_minimises_and_callback_can_stop():
     w = torch.zeros(1, requires_grad=True)
     seen = []
-    history = train_loop(lambda s: (w - 1).pow(2).sum(), {"w": w}, meta_steps=200,
-                         outer_lr=0.05, progress=False)
+    history = train_loop(
+        lambda s: (w - 1).pow(2).sum(), {"w": w}, meta_steps=200, outer_lr=0.05, progress=False
+    )
     assert history.steps == 200 and history.losses[-1] < 0.01 * history.losses[0]
-    history = train_loop(lambda s: (w - 1).pow(2).sum(), {"w": w}, meta_steps=50,
-                         callback=lambda s, loss: seen.append(s) or s == 4, progress=False)
+    history = train_loop(
+        lambda s: (w - 1).pow(2).sum(),
+        {"w": w},
+        meta_steps=50,
+        callback=lambda s, loss: seen.append(s) or s == 4,
+        progress=False,
+    )
     assert seen == [0, 1, 2, 3, 4] and history.stopped_early and history.steps == 5
 
 
 @pytest.mark.parametrize("kwargs", [{"meta_steps": -1}, {"meta_steps": 5, "outer_lr": math.inf}])
 def test_train_loop_bad_input(kwargs):
     w = torch.zeros(1, requires_grad=True)
-    with pytest.raises(ValueError, match=next(iter(kwargs)) if "outer_lr" not in kwargs else "outer_lr"):
+    with pytest.raises(
+        ValueError, match=next(iter(kwargs)) if "outer_lr" not in kwargs else "outer_lr"
+    ):
         train_loop(lambda s: w.sum(), {"w": w}, progress=False, **kwargs)
 
 

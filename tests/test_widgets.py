@@ -1,0 +1,49 @@
+import pytest
+import torch
+
+from metalib.models import SinusoidMLP
+from metalib.widgets import AdaptationPanel
+
+
+@pytest.fixture
+def panel():
+    torch.manual_seed(0)
+    return AdaptationPanel({"MAML": SinusoidMLP(), "pretrained": SinusoidMLP()})
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("k_shot", 12),
+        ("inner_steps", 5),
+        ("inner_lr", 0.05),
+        ("amplitude", 4.5),
+        ("phase", 2.5),
+        ("support_range", (-5.0, 0.0)),
+    ],
+)
+def test_moving_a_slider_changes_the_summary_and_the_plot(panel, name, value):
+    summary, image = panel.summary.value, panel.image.value
+    assert summary.startswith("K=5, 1 inner steps") and image[:4] == b"\x89PNG"
+    panel.controls[name].value = value
+    assert panel.summary.value != summary, f"{name} did not change the summary line"
+    assert panel.image.value != image, f"{name} did not change the plot"
+
+
+def test_more_inner_steps_lower_the_query_error(panel):
+    panel.controls["inner_steps"].value = 0
+    before = panel.mse()
+    panel.controls["inner_steps"].value = 20
+    panel.controls["inner_lr"].value = 0.1
+    after = panel.mse()
+    assert all(after[name] < before[name] for name in before)
+
+
+def test_empty_support_range_is_refused(panel):
+    with pytest.raises(ValueError, match="support_range"):
+        panel.controls["support_range"].value = (1.0, 1.0)
+
+
+def test_panel_needs_a_model():
+    with pytest.raises(ValueError, match="at least one model"):
+        AdaptationPanel({})
