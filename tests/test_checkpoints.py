@@ -115,3 +115,12 @@ def test_failed_save_leaves_previous_checkpoint_intact(tmp_path, monkeypatch):
 def test_save_into_missing_directory(tmp_path):
     with pytest.raises(FileNotFoundError, match="does not exist"):
         save_model(tmp_path / "no" / "m")
+
+
+def test_saved_files_get_the_mode_of_an_ordinary_file(tmp_path):
+    old = os.umask(0o022)
+    try:
+        pt, js = save_model(tmp_path / "m")
+    finally:
+        os.umask(old)
+    assert pt.stat().st_mode & 0o777 == 0o644 and js.stat().st_mode & 0o777 == 0o644
