@@ -162,7 +162,14 @@ def _train(args: argparse.Namespace, argv: Sequence[str]) -> dict:
     trained = train_sinusoid(config, device=device, progress=not args.no_progress)
     losses = trained.history.losses
     tail = losses[-100:] or [float("nan")]
-    metrics = {"final_train_loss_mean_last_100": sum(tail) / len(tail), "steps": len(losses)}
+    curve = evaluate_sinusoid(
+        trained.model, k_shot=5, n_tasks=1000, inner_lr=config.inner_lr, max_steps=max(REPORT_STEPS)
+    )
+    metrics = {
+        "steps": len(losses),
+        "final_train_loss_mean_last_100": sum(tail) / len(tail),
+        "test_mse_k5_1000_tasks": curve.to_dict(REPORT_STEPS),
+    }
     command = "python -m metalib " + shlex.join(argv)
     pt_path, json_path = save_trained(trained, args.out, metrics=metrics, command=command)
     return {

@@ -35,6 +35,7 @@ def test_train_then_evaluate(tmp_path, capsys):
     sidecar = json.loads((tmp_path / "maml.json").read_text())
     assert sidecar["command"].startswith("python -m metalib train sinusoid-maml --out")
     assert sidecar["config"]["meta_steps"] == 5 and sidecar["wall_time_s"] >= 0
+    assert set(sidecar["metrics"]["test_mse_k5_1000_tasks"]) == {"0", "1", "5", "10"}
 
     code, out, _ = run(
         ["evaluate", str(tmp_path / "maml.pt"), "--tasks", "20", "--device", "cpu"], capsys
