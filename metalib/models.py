@@ -39,13 +39,9 @@ def parameters_of(model: nn.Module) -> dict[str, Tensor]:
     return {name: p for name, p in model.named_parameters()}
 
 
-def count_parameters(params: dict[str, Tensor]) -> int:
-    return sum(p.numel() for p in params.values())
-
-
 def clone_parameters(params: dict[str, Tensor], *, requires_grad: bool = True) -> dict[str, Tensor]:
     """Detached copies of ``params`` that are leaves of a new graph."""
     return {k: v.detach().clone().requires_grad_(requires_grad) for k, v in params.items()}
 
 
-__all__ = ["SinusoidMLP", "clone_parameters", "count_parameters", "parameters_of"]
+__all__ = ["SinusoidMLP", "clone_parameters", "parameters_of"]

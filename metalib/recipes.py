@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -221,9 +220,3 @@ def load_sinusoid(
 def shipped(name: str) -> str:
     """Path stem of a shipped checkpoint, e.g. ``shipped("sinusoid_maml")``."""
     return str(runtime.checkpoint_dir() / name)
-
-
-def time_it(fn, *args, **kwargs) -> tuple[Any, float]:
-    start = time.perf_counter()
-    out = fn(*args, **kwargs)
-    return out, time.perf_counter() - start
