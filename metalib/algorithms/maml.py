@@ -15,6 +15,7 @@ The meta-loss is vectorised over tasks with ``torch.func.vmap``
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable
 
@@ -129,21 +130,14 @@ def meta_loss(
         A scalar; ``.backward()`` on it gives the MAML meta-gradient in ``params``.
     """
     check_hyperparameters(inner_lr=inner_lr, inner_steps=inner_steps)
-
-    def one(p: Params, xs: Tensor, ys: Tensor, xq: Tensor, yq: Tensor) -> Tensor:
-        return task_loss(
-            model,
-            p,
-            xs,
-            ys,
-            xq,
-            yq,
-            loss_fn=loss_fn,
-            inner_lr=inner_lr,
-            inner_steps=inner_steps,
-            first_order=first_order,
-        )
-
+    one = functools.partial(
+        task_loss,
+        model,
+        loss_fn=loss_fn,
+        inner_lr=inner_lr,
+        inner_steps=inner_steps,
+        first_order=first_order,
+    )
     losses = vmap(one, in_dims=(None, 0, 0, 0, 0))(params, *tasks.support, *tasks.query)
     return losses.mean()  # losses: (tasks,)
 
@@ -159,19 +153,16 @@ def meta_loss_loop(
     first_order: bool = False,
 ) -> Tensor:
     """The same quantity as :func:`meta_loss`, one task at a time (the reference)."""
+    one = functools.partial(
+        task_loss,
+        model,
+        loss_fn=loss_fn,
+        inner_lr=inner_lr,
+        inner_steps=inner_steps,
+        first_order=first_order,
+    )
     losses = [
-        task_loss(
-            model,
-            params,
-            tasks.x_support[i],
-            tasks.y_support[i],
-            tasks.x_query[i],
-            tasks.y_query[i],
-            loss_fn=loss_fn,
-            inner_lr=inner_lr,
-            inner_steps=inner_steps,
-            first_order=first_order,
-        )
+        one(params, tasks.x_support[i], tasks.y_support[i], tasks.x_query[i], tasks.y_query[i])
         for i in range(len(tasks))
     ]
     return torch.stack(losses).mean()
@@ -193,19 +184,14 @@ def adapt_batch(
     Returns a dict whose tensors have a leading task dimension.
     """
     check_hyperparameters(inner_lr=inner_lr, inner_steps=inner_steps)
-
-    def one(p: Params, xs: Tensor, ys: Tensor) -> Params:
-        return adapt(
-            model,
-            p,
-            xs,
-            ys,
-            loss_fn=loss_fn,
-            inner_lr=inner_lr,
-            inner_steps=inner_steps,
-            first_order=first_order,
-        )
-
+    one = functools.partial(
+        adapt,
+        model,
+        loss_fn=loss_fn,
+        inner_lr=inner_lr,
+        inner_steps=inner_steps,
+        first_order=first_order,
+    )
     return vmap(one, in_dims=(None, 0, 0))(params, x, y)
 
 
