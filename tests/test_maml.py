@@ -186,3 +186,38 @@ def test_bad_hyperparameters_raise_naming_the_value(kwargs, message):
         maml.adapt(model, parameters_of(model), *tasks.task(0).support, **kwargs)
     with pytest.raises(ValueError, match="inner_"):
         maml.meta_loss(model, parameters_of(model), tasks, **kwargs)
+
+
+HEAD = ("net.4.weight", "net.4.bias")
+
+
+def test_adapt_only_changes_only_the_named_parameters():
+    model, tasks = make()
+    params = parameters_of(model)
+    adapted = maml.adapt(model, params, *tasks.task(0).support, inner_steps=3, adapt_only=HEAD)
+    for name in params:
+        changed = not torch.equal(adapted[name], params[name])
+        assert changed == (name in HEAD), name
+
+
+def test_anil_meta_gradient_reaches_the_body_through_the_head():
+    """ANIL adapts only the head, but the head's inner gradient depends on the body's
+    features, so the second-order meta-gradient of the body differs from first order."""
+    model, tasks = make(seed=6)
+    _, second = meta_grad(maml.meta_loss, model, tasks, inner_lr=0.1, adapt_only=HEAD)
+    _, first = meta_grad(
+        maml.meta_loss, model, tasks, inner_lr=0.1, adapt_only=HEAD, first_order=True
+    )
+    _, loop = meta_grad(maml.meta_loss_loop, model, tasks, inner_lr=0.1, adapt_only=HEAD)
+    assert (second["net.0.weight"] - first["net.0.weight"]).abs().max() > 1e-6
+    for name in second:
+        torch.testing.assert_close(second[name], loop[name])
+
+
+@pytest.mark.parametrize(
+    ("adapt_only", "message"), [((), "non-empty"), ("net.4.bias", "non-empty"), (("nope",), "nope")]
+)
+def test_bad_adapt_only(adapt_only, message):
+    model, tasks = make()
+    with pytest.raises(ValueError, match=message):
+        maml.adapt(model, parameters_of(model), *tasks.task(0).support, adapt_only=adapt_only)

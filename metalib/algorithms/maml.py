@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Collection, Mapping
 
 import torch
 import torch.nn.functional as F
@@ -30,14 +30,36 @@ LossFn = Callable[[Tensor, Tensor], Tensor]
 Params = dict[str, Tensor]
 
 
-def check_hyperparameters(*, inner_lr: float, inner_steps: int) -> None:
-    """Raise ``ValueError`` for a non-finite ``inner_lr`` or a negative ``inner_steps``."""
-    if isinstance(inner_lr, bool) or not isinstance(inner_lr, int | float):
+InnerLr = float | Mapping[str, Tensor]
+
+
+def check_hyperparameters(*, inner_lr: InnerLr, inner_steps: int) -> None:
+    """Raise ``ValueError`` for a non-finite ``inner_lr`` or a negative ``inner_steps``.
+
+    ``inner_lr`` is a number, or (Meta-SGD) a dict of tensors shaped like the parameters.
+    """
+    if isinstance(inner_lr, Mapping):
+        bad = [k for k, v in inner_lr.items() if not isinstance(v, Tensor)]
+        if bad or not inner_lr:
+            raise ValueError(f"inner_lr must map parameter names to tensors; check {bad}.")
+    elif isinstance(inner_lr, bool) or not isinstance(inner_lr, int | float):
         raise ValueError(f"inner_lr={inner_lr!r} must be a finite number.")
-    if not math.isfinite(inner_lr):
+    elif not math.isfinite(inner_lr):
         raise ValueError(f"inner_lr={inner_lr!r} must be finite: try 0.01 for sinusoids.")
     if isinstance(inner_steps, bool) or not isinstance(inner_steps, int) or inner_steps < 0:
         raise ValueError(f"inner_steps={inner_steps!r} must be an integer >= 0.")
+
+
+def adapted_names(params: Params, adapt_only: Collection[str] | None) -> list[str]:
+    """The names of the parameters that adapt: all, or those in ``adapt_only`` (ANIL)."""
+    if adapt_only is None:
+        return list(params)
+    if isinstance(adapt_only, str) or not adapt_only:
+        raise ValueError(f"adapt_only={adapt_only!r} must be a non-empty collection of names.")
+    unknown = sorted(set(adapt_only) - set(params))
+    if unknown:
+        raise ValueError(f"adapt_only names {unknown} are not parameters; known: {list(params)}.")
+    return [name for name in params if name in adapt_only]
 
 
 def adapt(
@@ -47,9 +69,10 @@ def adapt(
     y: Tensor,
     *,
     loss_fn: LossFn = F.mse_loss,
-    inner_lr: float = 0.01,
+    inner_lr: InnerLr = 0.01,
     inner_steps: int = 1,
     first_order: bool = False,
+    adapt_only: Collection[str] | None = None,
 ) -> Params:
     """Adapt ``params`` to one task by ``inner_steps`` steps of gradient descent.
 
@@ -63,24 +86,34 @@ def adapt(
         x: support inputs, ``(k_shot, ...)``.
         y: support targets, ``(k_shot, ...)``.
         loss_fn: ``loss_fn(prediction, y) -> scalar``.
-        inner_lr: α, the inner step size (paper: 0.01 for sinusoids).
+        inner_lr: α, the inner step size (paper: 0.01 for sinusoids); or a dict of
+            per-parameter step-size tensors shaped like the parameters (Meta-SGD).
         inner_steps: number of inner steps; 0 returns ``params`` unchanged.
         first_order: drop second-order terms (FOMAML).
+        adapt_only: names of the parameters that adapt; the others keep their values
+            (ANIL adapts only the head). None adapts all.
 
     Returns:
         The adapted parameter dict, with the same keys and shapes as ``params``.
     """
     check_hyperparameters(inner_lr=inner_lr, inner_steps=inner_steps)
-
-    def support_loss(p: Params) -> Tensor:
-        return loss_fn(functional_call(model, p, (x,)), y)
-
+    names = adapted_names(params, adapt_only)
+    if isinstance(inner_lr, Mapping):
+        missing = sorted(set(names) - set(inner_lr))
+        if missing:
+            raise ValueError(f"inner_lr has no step size for {missing}.")
+    step = {n: inner_lr[n] if isinstance(inner_lr, Mapping) else inner_lr for n in names}
     adapted = dict(params)
+
+    def support_loss(fast: Params, fixed: Params) -> Tensor:
+        return loss_fn(functional_call(model, {**fixed, **fast}, (x,)), y)
+
     for _ in range(inner_steps):
-        grads = grad(support_loss)(adapted)
+        fast = {n: adapted[n] for n in names}
+        grads = grad(support_loss)(fast, adapted)
         if first_order:
-            grads = {name: g.detach() for name, g in grads.items()}
-        adapted = {name: p - inner_lr * grads[name] for name, p in adapted.items()}
+            grads = {n: g.detach() for n, g in grads.items()}
+        adapted = {**adapted, **{n: fast[n] - step[n] * grads[n] for n in names}}
     return adapted
 
 
@@ -93,9 +126,10 @@ def task_loss(
     y_query: Tensor,
     *,
     loss_fn: LossFn = F.mse_loss,
-    inner_lr: float = 0.01,
+    inner_lr: InnerLr = 0.01,
     inner_steps: int = 1,
     first_order: bool = False,
+    adapt_only: Collection[str] | None = None,
 ) -> Tensor:
     """Query loss of one task after adapting on its support set (a scalar)."""
     adapted = adapt(
@@ -107,6 +141,7 @@ def task_loss(
         inner_lr=inner_lr,
         inner_steps=inner_steps,
         first_order=first_order,
+        adapt_only=adapt_only,
     )
     return loss_fn(functional_call(model, adapted, (x_query,)), y_query)
 
@@ -117,9 +152,10 @@ def meta_loss(
     tasks: TaskBatch,
     *,
     loss_fn: LossFn = F.mse_loss,
-    inner_lr: float = 0.01,
+    inner_lr: InnerLr = 0.01,
     inner_steps: int = 1,
     first_order: bool = False,
+    adapt_only: Collection[str] | None = None,
 ) -> Tensor:
     """Mean post-adaptation query loss over a meta-batch, vectorised with ``vmap``.
 
@@ -137,6 +173,7 @@ def meta_loss(
         inner_lr=inner_lr,
         inner_steps=inner_steps,
         first_order=first_order,
+        adapt_only=adapt_only,
     )
     losses = vmap(one, in_dims=(None, 0, 0, 0, 0))(params, *tasks.support, *tasks.query)
     return losses.mean()  # losses: (tasks,)
@@ -148,9 +185,10 @@ def meta_loss_loop(
     tasks: TaskBatch,
     *,
     loss_fn: LossFn = F.mse_loss,
-    inner_lr: float = 0.01,
+    inner_lr: InnerLr = 0.01,
     inner_steps: int = 1,
     first_order: bool = False,
+    adapt_only: Collection[str] | None = None,
 ) -> Tensor:
     """The same quantity as :func:`meta_loss`, one task at a time (the reference)."""
     one = functools.partial(
@@ -160,6 +198,7 @@ def meta_loss_loop(
         inner_lr=inner_lr,
         inner_steps=inner_steps,
         first_order=first_order,
+        adapt_only=adapt_only,
     )
     losses = [
         one(params, tasks.x_support[i], tasks.y_support[i], tasks.x_query[i], tasks.y_query[i])
@@ -175,9 +214,10 @@ def adapt_batch(
     y: Tensor,
     *,
     loss_fn: LossFn = F.mse_loss,
-    inner_lr: float = 0.01,
+    inner_lr: InnerLr = 0.01,
     inner_steps: int = 1,
     first_order: bool = False,
+    adapt_only: Collection[str] | None = None,
 ) -> Params:
     """:func:`adapt` for a batch of tasks at once: ``x`` and ``y`` are ``(tasks, k, ...)``.
 
@@ -191,6 +231,7 @@ def adapt_batch(
         inner_lr=inner_lr,
         inner_steps=inner_steps,
         first_order=first_order,
+        adapt_only=adapt_only,
     )
     return vmap(one, in_dims=(None, 0, 0))(params, x, y)
 
