@@ -48,13 +48,16 @@ execute: install
 
 # Retrain the shipped checkpoints at full budget (see README: "Retraining the checkpoints").
 checkpoints: install
-	$(BIN)/python -m metalib train sinusoid-maml --out data/checkpoints/sinusoid_maml --no-progress
-	$(BIN)/python -m metalib train sinusoid-pretrain --out data/checkpoints/sinusoid_pretrain --no-progress
-	$(BIN)/python -m metalib evaluate data/checkpoints/sinusoid_maml.pt
-	$(BIN)/python -m metalib evaluate data/checkpoints/sinusoid_pretrain.pt
+	for recipe in maml fomaml reptile meta-sgd anil pretrain; do \
+	    name=$$(echo $$recipe | tr - _); \
+	    $(BIN)/python -m metalib train sinusoid-$$recipe --out data/checkpoints/sinusoid_$$name \
+	        --no-progress || exit 1; \
+	done
 
 benchmark: install
+	$(BIN)/python -m pip install -e ".[bench]"
 	$(BIN)/python benchmarks/sinusoid_training_speed.py
+	$(BIN)/python benchmarks/meta_step_speed.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

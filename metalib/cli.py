@@ -21,13 +21,17 @@ from metalib import runtime
 from metalib.recipes import (
     SinusoidConfig,
     evaluate_sinusoid,
-    load_sinusoid,
+    load_learner,
     save_trained,
     train_sinusoid,
 )
 
 RECIPES = {
     "sinusoid-maml": "MAML on sinusoid regression (Finn et al. 2017, section 5.1)",
+    "sinusoid-fomaml": "first-order MAML (drops the Hessian term)",
+    "sinusoid-reptile": "Reptile (Nichol et al. 2018), 5 inner steps",
+    "sinusoid-meta-sgd": "Meta-SGD (Li et al. 2017): learned per-weight inner step sizes",
+    "sinusoid-anil": "ANIL (Raghu et al. 2020): only the last layer adapts",
     "sinusoid-pretrain": "the paper's baseline: one network regressed on all tasks",
 }
 REPORT_STEPS = (0, 1, 5, 10)
@@ -65,56 +69,26 @@ def build_parser() -> argparse.ArgumentParser:
     )
     train.add_argument("recipe", choices=sorted(RECIPES), help="what to train")
     train.add_argument("--out", required=True, help="output path stem (PATH.pt, PATH.json)")
-    train.add_argument(
-        "--meta-steps",
-        type=_non_negative_int,
-        default=defaults.meta_steps,
-        help="outer steps (default: %(default)s)",
+    hyperparameters = (
+        ("--meta-steps", _non_negative_int, "outer steps"),
+        ("--meta-batch-size", _positive_int, "tasks per outer step"),
+        ("--k-shot", _positive_int, "support points per task in training"),
+        ("--k-query", _positive_int, "query points per task in training"),
+        ("--inner-steps", _non_negative_int, "inner gradient steps in training"),
+        ("--inner-lr", float, "inner step size α (Meta-SGD: the step sizes' initial value)"),
+        ("--outer-lr", float, "Adam step size β"),
+        ("--seed", _non_negative_int, "seed for weights and task sampling"),
     )
+    for flag, kind, text in hyperparameters:
+        default = getattr(defaults, flag[2:].replace("-", "_"))
+        train.add_argument(
+            flag,
+            type=kind,
+            default=None,
+            help=f"{text} (default: {default}, unless the recipe sets its own)",
+        )
     train.add_argument(
-        "--meta-batch-size",
-        type=_positive_int,
-        default=defaults.meta_batch_size,
-        help="tasks per outer step (default: %(default)s)",
-    )
-    train.add_argument(
-        "--k-shot",
-        type=_positive_int,
-        default=defaults.k_shot,
-        help="support points per task in training (default: %(default)s)",
-    )
-    train.add_argument(
-        "--k-query",
-        type=_positive_int,
-        default=defaults.k_query,
-        help="query points per task in training (default: %(default)s)",
-    )
-    train.add_argument(
-        "--inner-steps",
-        type=_non_negative_int,
-        default=defaults.inner_steps,
-        help="inner gradient steps in training (default: %(default)s)",
-    )
-    train.add_argument(
-        "--inner-lr",
-        type=float,
-        default=defaults.inner_lr,
-        help="inner step size α (default: %(default)s)",
-    )
-    train.add_argument(
-        "--outer-lr",
-        type=float,
-        default=defaults.outer_lr,
-        help="Adam step size β (default: %(default)s)",
-    )
-    train.add_argument(
-        "--first-order", action="store_true", help="drop second-order terms (FOMAML)"
-    )
-    train.add_argument(
-        "--seed",
-        type=_non_negative_int,
-        default=defaults.seed,
-        help="seed for weights and task sampling (default: %(default)s)",
+        "--first-order", action="store_true", help="drop second-order terms (MAML, Meta-SGD, ANIL)"
     )
     train.add_argument("--device", default=None, help="cuda, mps or cpu (default: automatic)")
     train.add_argument("--no-progress", action="store_true", help="hide the progress bar")
@@ -146,25 +120,25 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _train(args: argparse.Namespace, argv: Sequence[str]) -> dict:
-    config = SinusoidConfig(
-        method=args.recipe.removeprefix("sinusoid-"),
-        meta_steps=args.meta_steps,
-        meta_batch_size=args.meta_batch_size,
-        k_shot=args.k_shot,
-        k_query=args.k_query,
-        inner_lr=args.inner_lr,
-        inner_steps=args.inner_steps,
-        outer_lr=args.outer_lr,
-        first_order=args.first_order,
-        seed=args.seed,
+    names = (
+        "meta_steps",
+        "meta_batch_size",
+        "k_shot",
+        "k_query",
+        "inner_steps",
+        "inner_lr",
+        "outer_lr",
+        "seed",
     )
+    overrides = {n: getattr(args, n) for n in names if getattr(args, n) is not None}
+    if args.first_order:
+        overrides["first_order"] = True
+    config = SinusoidConfig.for_method(args.recipe.removeprefix("sinusoid-"), **overrides)
     device = runtime.device(args.device)
     trained = train_sinusoid(config, device=device, progress=not args.no_progress)
     losses = trained.history.losses
     tail = losses[-100:] or [float("nan")]
-    curve = evaluate_sinusoid(
-        trained.model, k_shot=5, n_tasks=1000, inner_lr=config.inner_lr, max_steps=max(REPORT_STEPS)
-    )
+    curve = evaluate_sinusoid(trained.learner, k_shot=5, n_tasks=1000, max_steps=max(REPORT_STEPS))
     metrics = {
         "steps": len(losses),
         "final_train_loss_mean_last_100": sum(tail) / len(tail),
@@ -181,21 +155,23 @@ def _train(args: argparse.Namespace, argv: Sequence[str]) -> dict:
 
 
 def _evaluate(args: argparse.Namespace) -> dict:
-    model, config = load_sinusoid(args.checkpoint, device=runtime.device(args.device))
-    inner_lr = config.inner_lr if args.inner_lr is None else args.inner_lr
+    learner = load_learner(args.checkpoint, device=runtime.device(args.device))
     curve = evaluate_sinusoid(
-        model,
+        learner,
         k_shot=args.k_shot,
         n_tasks=args.tasks,
-        inner_lr=inner_lr,
+        inner_lr=args.inner_lr,
         max_steps=max(REPORT_STEPS),
     )
+    inner_lr = args.inner_lr if args.inner_lr is not None else learner.config.inner_lr
     return {
         "checkpoint": args.checkpoint,
-        "recipe": config.recipe,
+        "recipe": learner.config.recipe,
         "k_shot": args.k_shot,
         "tasks": args.tasks,
-        "inner_lr": inner_lr,
+        "inner_lr": "learned (Meta-SGD)"
+        if isinstance(learner.inner_lr, dict) and args.inner_lr is None
+        else inner_lr,
         "mse": curve.to_dict(REPORT_STEPS),
     }
 

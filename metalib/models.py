@@ -29,6 +29,11 @@ class SinusoidMLP(nn.Module):
                 layers.append(nn.ReLU())
         self.net = nn.Sequential(*layers)
 
+    def head_names(self) -> tuple[str, ...]:
+        """Names of the last layer's parameters (what ANIL adapts)."""
+        last = len(self.net) - 1
+        return (f"net.{last}.weight", f"net.{last}.bias")
+
     def forward(self, x: Tensor) -> Tensor:
         """Map ``(..., n, 1)`` inputs to ``(..., n, 1)`` predictions."""
         return self.net(x)

@@ -1,9 +1,10 @@
 """Named training recipes: a frozen configuration plus the function that trains it.
 
-``sinusoid-maml`` and ``sinusoid-pretrain`` reproduce the sinusoid experiment of MAML
-(Finn et al. 2017, section 5.1): a 1-40-40-1 ReLU network, meta-batches of 25 tasks,
-inner step 0.01, Adam with 0.001. The command line, the notebooks and the benchmark all
-train through :func:`train_sinusoid`, so a checkpoint made by one is what the others see.
+The sinusoid recipes (``sinusoid-maml``, ``-fomaml``, ``-reptile``, ``-meta-sgd``,
+``-anil`` and ``-pretrain``) share the setting of MAML's sinusoid experiment (Finn et al.
+2017, section 5.1): a 1-40-40-1 ReLU network, K = 10, inner step 0.01, Adam. The command
+line, the notebooks and the benchmarks all train through :func:`train_sinusoid` and load
+through :func:`load_learner`, so a checkpoint made by one is what the others see.
 """
 
 from __future__ import annotations
@@ -17,12 +18,17 @@ import torch
 from torch import Tensor
 
 from metalib import checkpoints, runtime
-from metalib.algorithms import maml, pretrain
+from metalib.algorithms import maml, meta_sgd, pretrain, reptile
 from metalib.models import SinusoidMLP, parameters_of
 from metalib.tasks import SinusoidTasks, TaskBatch
 from metalib.training import Callback, Curve, History, evaluate, train_loop
 
-METHODS = ("maml", "pretrain")
+METHODS = ("maml", "fomaml", "reptile", "meta-sgd", "anil", "pretrain")
+# What differs from the shared defaults, per method (see each module for why).
+METHOD_DEFAULTS: dict[str, dict[str, Any]] = {
+    "fomaml": {"first_order": True},
+    "reptile": {"inner_steps": 5},
+}
 TEST_SEED = 2017  # test tasks come from their own generator, never from a training seed
 
 
@@ -34,7 +40,7 @@ class SinusoidConfig:
     takes 200 tasks per outer step with β = 0.005 for 4,500 steps instead of 25 tasks with
     β = 0.001 for 70,000: under ``vmap`` a larger meta-batch costs almost nothing more per
     step, so about a minute on two CPU cores reaches the paper's test error.
-    :meth:`paper` gives the paper's exact setting.
+    :meth:`paper` gives the paper's exact setting; :meth:`for_method` a method's defaults.
     """
 
     method: str = "maml"
@@ -62,11 +68,24 @@ class SinusoidConfig:
             raise ValueError(f"outer_lr={self.outer_lr!r} must be a finite positive number.")
         if self.seed < 0:
             raise ValueError(f"seed={self.seed!r} must be >= 0.")
+        if self.method == "fomaml" and not self.first_order:
+            raise ValueError("method='fomaml' is first-order by definition: set first_order=True.")
+        if self.method in ("reptile", "pretrain") and self.first_order:
+            raise ValueError(f"first_order=True has no meaning for method={self.method!r}.")
+        if self.method == "reptile" and self.inner_steps < 1:
+            raise ValueError("method='reptile' needs inner_steps >= 1.")
+
+    @classmethod
+    def for_method(cls, method: str, **overrides: Any) -> SinusoidConfig:
+        """The recipe of ``method``: shared defaults, the method's own, then ``overrides``."""
+        if method not in METHODS:
+            raise ValueError(f"method={method!r} must be one of {METHODS}.")
+        return cls(**{"method": method, **METHOD_DEFAULTS.get(method, {}), **overrides})
 
     @classmethod
     def paper(cls, method: str = "maml") -> SinusoidConfig:
         """The setting of Finn et al. 2017, §5.1: 70,000 steps of 25 tasks, β = 0.001."""
-        return cls(method=method, meta_steps=70_000, meta_batch_size=25, outer_lr=1e-3)
+        return cls.for_method(method, meta_steps=70_000, meta_batch_size=25, outer_lr=1e-3)
 
     @property
     def recipe(self) -> str:
@@ -85,20 +104,52 @@ class SinusoidConfig:
 
 
 @dataclass
-class Trained:
-    """A trained model and what training did."""
+class Learner:
+    """What adapts at test time: the network, its step size(s) and what it adapts."""
 
     model: SinusoidMLP
     config: SinusoidConfig
+    inner_lr: float | dict[str, Tensor]
+    adapt_only: tuple[str, ...] | None
+
+    @property
+    def params(self) -> dict[str, Tensor]:
+        return parameters_of(self.model)
+
+
+@dataclass
+class Trained:
+    """A trained learner and what training did."""
+
+    learner: Learner
     history: History
     device: torch.device
 
+    @property
+    def model(self) -> SinusoidMLP:
+        return self.learner.model
 
-def step_loss_fn(model: SinusoidMLP, config: SinusoidConfig, device: torch.device):
+    @property
+    def config(self) -> SinusoidConfig:
+        return self.learner.config
+
+
+def make_learner(config: SinusoidConfig, device: torch.device) -> Learner:
+    """A freshly initialised learner for ``config`` (learned step sizes for Meta-SGD)."""
+    torch.manual_seed(config.seed)
+    model = SinusoidMLP(hidden=config.hidden).to(device)
+    inner_lr: float | dict[str, Tensor] = config.inner_lr
+    if config.method == "meta-sgd":
+        inner_lr = meta_sgd.init_inner_lr(parameters_of(model), value=config.inner_lr)
+    adapt_only = model.head_names() if config.method == "anil" else None
+    return Learner(model, config, inner_lr, adapt_only)
+
+
+def step_loss_fn(learner: Learner, device: torch.device):
     """The function ``step -> loss`` that :func:`~metalib.training.train_loop` minimises."""
+    config, model, params = learner.config, learner.model, learner.params
     family = SinusoidTasks()
     generator = torch.Generator().manual_seed(config.seed)
-    params = parameters_of(model)
 
     def step_loss(step: int) -> Tensor:
         tasks = family.sample(
@@ -110,13 +161,18 @@ def step_loss_fn(model: SinusoidMLP, config: SinusoidConfig, device: torch.devic
         )
         if config.method == "pretrain":
             return pretrain.pooled_loss(model, params, tasks)
+        if config.method == "reptile":
+            return reptile.surrogate_loss(
+                model, params, tasks, inner_lr=config.inner_lr, inner_steps=config.inner_steps
+            )
         return maml.meta_loss(
             model,
             params,
             tasks,
-            inner_lr=config.inner_lr,
+            inner_lr=learner.inner_lr,
             inner_steps=config.inner_steps,
             first_order=config.first_order,
+            adapt_only=learner.adapt_only,
         )
 
     return step_loss
@@ -129,20 +185,24 @@ def train_sinusoid(
     callback: Callback | None = None,
     progress: bool = True,
 ) -> Trained:
-    """Train a fresh :class:`SinusoidMLP` with ``config`` on ``device`` (automatic if None)."""
+    """Train a fresh learner with ``config`` on ``device`` (automatic if None)."""
     dev = runtime.device(None if device is None else str(device))
-    torch.manual_seed(config.seed)
-    model = SinusoidMLP(hidden=config.hidden).to(dev)
+    learner = make_learner(config, dev)
+    trainable = dict(learner.params)
+    if isinstance(learner.inner_lr, dict):
+        trainable.update(meta_sgd.to_state_refs(learner.inner_lr))
     history = train_loop(
-        step_loss_fn(model, config, dev),
-        parameters_of(model),
+        step_loss_fn(learner, dev),
+        trainable,
         meta_steps=config.meta_steps,
         outer_lr=config.outer_lr,
         callback=callback,
         progress=progress,
         description=config.recipe,
     )
-    return Trained(model=model, config=config, history=history, device=dev)
+    if isinstance(learner.inner_lr, dict):
+        meta_sgd.check_inner_lr(learner.inner_lr, learner.params)
+    return Trained(learner=learner, history=history, device=dev)
 
 
 def held_out_tasks(
@@ -161,19 +221,32 @@ def held_out_tasks(
 
 
 def evaluate_sinusoid(
-    model: SinusoidMLP,
+    model: SinusoidMLP | Learner,
     *,
     k_shot: int = 5,
     n_tasks: int = 1000,
-    inner_lr: float = 0.01,
+    inner_lr: float | None = None,
     max_steps: int = 10,
     seed: int = TEST_SEED,
 ) -> Curve:
-    """Test MSE (mean, 95% interval) over ``n_tasks`` held-out tasks after 0..max_steps."""
+    """Test MSE (mean, 95% interval) over ``n_tasks`` held-out tasks after 0..max_steps.
+
+    A bare model adapts all its weights with ``inner_lr`` (default 0.01); a
+    :class:`Learner` adapts as it was trained (its learned step sizes, its ``adapt_only``)
+    unless ``inner_lr`` overrides the step size.
+    """
+    learner = model if isinstance(model, Learner) else None
+    net = learner.model if learner else model
+    step = inner_lr if inner_lr is not None else (learner.inner_lr if learner else 0.01)
     tasks = held_out_tasks(n_tasks, k_shot=k_shot, seed=seed)
-    dev = next(model.parameters()).device
+    dev = next(net.parameters()).device
     return evaluate(
-        model, parameters_of(model), tasks.to(dev), inner_lr=inner_lr, max_steps=max_steps
+        net,
+        parameters_of(net),
+        tasks.to(dev),
+        inner_lr=step,
+        max_steps=max_steps,
+        adapt_only=learner.adapt_only if learner else None,
     )
 
 
@@ -185,11 +258,14 @@ def save_trained(
     command: str | None = None,
 ) -> tuple[Any, Any]:
     """Write ``trained`` as a checkpoint pair (``PATH.pt``, ``PATH.json``)."""
+    state = dict(trained.model.state_dict())
+    if isinstance(trained.learner.inner_lr, dict):
+        state.update(meta_sgd.to_state(trained.learner.inner_lr))
     return checkpoints.save(
         path,
         recipe=trained.config.recipe,
         config=trained.config.to_dict(),
-        state_dict=trained.model.state_dict(),
+        state_dict=state,
         metrics=metrics,
         device=runtime.describe_device(trained.device),
         wall_time_s=round(trained.history.seconds, 2),
@@ -197,24 +273,39 @@ def save_trained(
     )
 
 
-def load_sinusoid(
+def load_learner(
     path: str | os.PathLike[str], *, device: torch.device | str | None = None
-) -> tuple[SinusoidMLP, SinusoidConfig]:
-    """A ready model (and its config) from a sinusoid checkpoint."""
+) -> Learner:
+    """A ready learner from any sinusoid checkpoint."""
     blob = checkpoints.load(path)
     if not str(blob["recipe"]).startswith("sinusoid-"):
         raise ValueError(
             f"checkpoint {path} is a {blob['recipe']!r} checkpoint, not a sinusoid one."
         )
     config = SinusoidConfig.from_dict(blob["config"])
-    model = SinusoidMLP(hidden=config.hidden)
+    dev = runtime.device(None if device is None else str(device))
+    learner = make_learner(config, dev)
+    weights, lrs = meta_sgd.from_state(blob["state_dict"])
     try:
-        model.load_state_dict(blob["state_dict"])
+        learner.model.load_state_dict(weights)
     except RuntimeError as error:
         raise ValueError(
             f"checkpoint {path} does not fit SinusoidMLP{config.hidden}: {error}"
         ) from error
-    return model.to(runtime.device(None if device is None else str(device))), config
+    if isinstance(learner.inner_lr, dict):
+        meta_sgd.check_inner_lr(lrs, learner.params)
+        learner.inner_lr = {name: lr.to(dev) for name, lr in lrs.items()}
+    elif lrs:
+        raise ValueError(f"checkpoint {path} has learned step sizes but recipe {config.recipe}.")
+    return learner
+
+
+def load_sinusoid(
+    path: str | os.PathLike[str], *, device: torch.device | str | None = None
+) -> tuple[SinusoidMLP, SinusoidConfig]:
+    """A ready model (and its config) from a sinusoid checkpoint."""
+    learner = load_learner(path, device=device)
+    return learner.model, learner.config
 
 
 def shipped(name: str) -> str:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 
 import torch
@@ -26,6 +26,7 @@ from metalib.tasks import TaskBatch
 Params = dict[str, Tensor]
 # A callback sees (step, loss) after every outer step; returning True stops training.
 Callback = Callable[[int, float], bool | None]
+DIVERGED = 1e3  # a per-task MSE above this (on tasks whose targets are within ±5) diverged
 
 
 @dataclass
@@ -98,17 +99,36 @@ def train_loop(
 
 @dataclass(frozen=True)
 class Curve:
-    """Mean and 95% confidence half-width of a per-task metric, after 0..S inner steps."""
+    """Mean and 95% confidence half-width of a per-task metric, after 0..S inner steps.
+
+    A task whose loss is not finite or above ``DIVERGED`` after a step counts as diverged
+    at that step; the mean then includes it (so it is NaN or huge), and ``diverged``
+    says how many tasks did. Nothing is dropped silently.
+    """
 
     mean: tuple[float, ...]
     ci95: tuple[float, ...]
     n_tasks: int
+    diverged: tuple[int, ...] = ()
 
     def at(self, step: int) -> tuple[float, float]:
         return self.mean[step], self.ci95[step]
 
-    def to_dict(self, steps: tuple[int, ...]) -> dict[str, dict[str, float]]:
-        return {str(s): {"mean": self.mean[s], "ci95": self.ci95[s]} for s in steps}
+    def to_dict(self, steps: tuple[int, ...]) -> dict[str, dict[str, float | int | None]]:
+        """JSON-ready: a non-finite mean or interval becomes None."""
+
+        def finite(value: float) -> float | None:
+            return value if math.isfinite(value) else None
+
+        diverged = self.diverged or (0,) * len(self.mean)
+        return {
+            str(s): {
+                "mean": finite(self.mean[s]),
+                "ci95": finite(self.ci95[s]),
+                "diverged_tasks": diverged[s],
+            }
+            for s in steps
+        }
 
 
 def mean_ci95(values: Tensor) -> tuple[Tensor, Tensor]:
@@ -125,8 +145,9 @@ def losses_by_step(
     tasks: TaskBatch,
     *,
     loss_fn: Callable[[Tensor, Tensor], Tensor] = F.mse_loss,
-    inner_lr: float = 0.01,
+    inner_lr: maml.InnerLr = 0.01,
     max_steps: int = 10,
+    adapt_only: Collection[str] | None = None,
     chunk: int = 500,
 ) -> Tensor:
     """Query loss of every task after 0, 1, ..., ``max_steps`` inner steps.
@@ -144,7 +165,14 @@ def losses_by_step(
             out.append(loss_fn(functional_call(model, adapted, (xq,)), yq))
             if step < max_steps:
                 adapted = maml.adapt(
-                    model, adapted, xs, ys, loss_fn=loss_fn, inner_lr=inner_lr, inner_steps=1
+                    model,
+                    adapted,
+                    xs,
+                    ys,
+                    loss_fn=loss_fn,
+                    inner_lr=inner_lr,
+                    inner_steps=1,
+                    adapt_only=adapt_only,
                 )
         return torch.stack(out)  # (max_steps + 1,)
 
@@ -162,12 +190,25 @@ def evaluate(
     tasks: TaskBatch,
     *,
     loss_fn: Callable[[Tensor, Tensor], Tensor] = F.mse_loss,
-    inner_lr: float = 0.01,
+    inner_lr: maml.InnerLr = 0.01,
     max_steps: int = 10,
+    adapt_only: Collection[str] | None = None,
 ) -> Curve:
     """Mean query loss with 95% interval over ``tasks`` after 0..``max_steps`` steps."""
     per_task = losses_by_step(
-        model, params, tasks, loss_fn=loss_fn, inner_lr=inner_lr, max_steps=max_steps
+        model,
+        params,
+        tasks,
+        loss_fn=loss_fn,
+        inner_lr=inner_lr,
+        max_steps=max_steps,
+        adapt_only=adapt_only,
     )
     mean, ci = mean_ci95(per_task.T)
-    return Curve(tuple(mean.tolist()), tuple(ci.tolist()), n_tasks=len(tasks))
+    diverged = (~torch.isfinite(per_task) | (per_task > DIVERGED)).sum(1)
+    return Curve(
+        tuple(mean.tolist()),
+        tuple(ci.tolist()),
+        n_tasks=len(tasks),
+        diverged=tuple(diverged.tolist()),
+    )

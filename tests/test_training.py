@@ -75,3 +75,16 @@ def test_short_maml_training_beats_the_untrained_network():
     before = evaluate_sinusoid(untrained, n_tasks=200).mean[10]
     zero_predictor = held_out_tasks(200).y_query.pow(2).mean().item()
     assert after < 0.75 * zero_predictor and after < before, (after, before, zero_predictor)
+
+
+def test_diverged_tasks_are_counted_and_reported_as_json_null():
+    torch.manual_seed(0)
+    model = SinusoidMLP()
+    tasks = held_out_tasks(50, k_shot=5)
+    curve = evaluate(model, parameters_of(model), tasks, inner_lr=5.0, max_steps=3)
+    assert curve.diverged[0] == 0 and curve.diverged[3] > 0
+    report = curve.to_dict((0, 3))
+    assert report["3"]["diverged_tasks"] == curve.diverged[3]
+    assert report["0"]["mean"] == curve.mean[0]
+    if not math.isfinite(curve.mean[3]):
+        assert report["3"]["mean"] is None

@@ -44,6 +44,11 @@ def to_state(inner_lr: dict[str, Tensor]) -> dict[str, Tensor]:
     return {PREFIX + name: lr.detach() for name, lr in inner_lr.items()}
 
 
+def to_state_refs(inner_lr: dict[str, Tensor]) -> dict[str, Tensor]:
+    """The step-size tensors themselves (not copies) under checkpoint keys, for an optimiser."""
+    return {PREFIX + name: lr for name, lr in inner_lr.items()}
+
+
 def from_state(state: dict[str, Tensor]) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
     """Split a checkpoint's tensors into ``(weights, inner_lr)``."""
     weights = {k: v for k, v in state.items() if not k.startswith(PREFIX)}
