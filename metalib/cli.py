@@ -31,7 +31,7 @@ RECIPES = {
     "sinusoid-fomaml": "first-order MAML (drops the Hessian term)",
     "sinusoid-reptile": "Reptile (Nichol et al. 2018), 5 inner steps",
     "sinusoid-meta-sgd": "Meta-SGD (Li et al. 2017): learned per-weight inner step sizes",
-    "sinusoid-anil": "ANIL (Raghu et al. 2020): only the last layer adapts",
+    "sinusoid-anil": "ANIL (Raghu et al. 2020): only the last layer adapts, 5 inner steps",
     "sinusoid-pretrain": "the paper's baseline: one network regressed on all tasks",
 }
 REPORT_STEPS = (0, 1, 5, 10)

@@ -6,7 +6,7 @@ figure is made with ``matplotlib.pyplot.subplots``.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 
 import matplotlib.pyplot as plt
 import torch
@@ -78,7 +78,8 @@ def plot_adaptation(
     *,
     ax: Axes | None = None,
     steps: Sequence[int] = (0, 1, 10),
-    inner_lr: float = 0.01,
+    inner_lr: maml.InnerLr = 0.01,
+    adapt_only: Collection[str] | None = None,
     name: str = "MAML",
     cmap: str = "Greens",
     index: int = 0,
@@ -91,7 +92,15 @@ def plot_adaptation(
     colors = plt.get_cmap(cmap)
     adapted, done = dict(params), 0
     for i, target in enumerate(sorted(steps)):
-        adapted = maml.adapt(model, adapted, xs, ys, inner_lr=inner_lr, inner_steps=target - done)
+        adapted = maml.adapt(
+            model,
+            adapted,
+            xs,
+            ys,
+            inner_lr=inner_lr,
+            inner_steps=target - done,
+            adapt_only=adapt_only,
+        )
         done = target
         with torch.no_grad():
             y_plot = functional_call(model, adapted, (x_plot,))

@@ -28,6 +28,7 @@ METHODS = ("maml", "fomaml", "reptile", "meta-sgd", "anil", "pretrain")
 METHOD_DEFAULTS: dict[str, dict[str, Any]] = {
     "fomaml": {"first_order": True},
     "reptile": {"inner_steps": 5},
+    "anil": {"inner_steps": 5},
 }
 TEST_SEED = 2017  # test tasks come from their own generator, never from a training seed
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import io
 import math
+from collections.abc import Collection
 
 import ipywidgets as widgets
 import torch
@@ -20,8 +21,10 @@ from torch import nn
 from torch.func import functional_call
 
 from metalib.algorithms import maml
+from metalib.algorithms.maml import InnerLr
 from metalib.models import parameters_of
 from metalib.plotting import plot_adaptation
+from metalib.recipes import Learner
 from metalib.tasks import SinusoidTasks
 
 
@@ -35,14 +38,19 @@ class AdaptationPanel:
 
     Args:
         models: ``{"MAML": model, "pretrained": model}``: each is adapted from its own
-            parameters with :func:`metalib.algorithms.maml.adapt`.
+            parameters with :func:`metalib.algorithms.maml.adapt`. A
+            :class:`metalib.recipes.Learner` adapts as it was trained: only its
+            ``adapt_only`` parameters, and with its learned step sizes if it has them
+            (Meta-SGD), in which case the inner-lr slider does not apply to it and the
+            summary line says so.
         seed: seeds the support points, so moving one slider does not redraw the others.
         query_points: points used to score each adapted model (the summary line).
 
     Attributes:
         widget: the panel to display.
-        controls: the sliders by name (``k_shot``, ``inner_steps``, ``inner_lr``,
-            ``amplitude``, ``phase``, ``support_range``).
+        controls: the controls by name (``method``, ``k_shot``, ``inner_steps``,
+            ``inner_lr``, ``amplitude``, ``phase``, ``support_range``); ``method`` picks
+            which model is drawn (all by default).
         summary: an HTML line with the query MSE of each model after adaptation.
         image: the rendered figure.
     """
@@ -56,6 +64,7 @@ class AdaptationPanel:
         self.seed = seed
         self.query_points = query_points
         self.controls = {
+            "method": widgets.Dropdown(options=["all", *models], value="all", description="method"),
             "k_shot": _slider(widgets.IntSlider, "K (support points)", min=1, max=20, value=5),
             "inner_steps": _slider(widgets.IntSlider, "inner steps", min=0, max=20, value=1),
             "inner_lr": _slider(
@@ -119,18 +128,33 @@ class AdaptationPanel:
             phase=s["phase"],
         )
 
+    def _adaptation(self, name: str) -> tuple[nn.Module, dict, InnerLr, Collection[str] | None]:
+        """(model, params, step size, adapt_only) of ``name`` under the current sliders."""
+        entry, slider_lr = self.models[name], self.controls["inner_lr"].value
+        if isinstance(entry, Learner):
+            learned = isinstance(entry.inner_lr, dict)
+            return (
+                entry.model,
+                entry.params,
+                entry.inner_lr if learned else slider_lr,
+                entry.adapt_only,
+            )
+        return entry, parameters_of(entry), slider_lr, None
+
     def mse(self) -> dict[str, float]:
         """Query MSE of each model after adapting with the current slider values."""
         s, task = self.state(), self.task()
         out = {}
-        for name, model in self.models.items():
+        for name in self.models:
+            model, params, inner_lr, adapt_only = self._adaptation(name)
             adapted = maml.adapt(
                 model,
-                parameters_of(model),
+                params,
                 task.x_support[0],
                 task.y_support[0],
-                inner_lr=s["inner_lr"],
+                inner_lr=inner_lr,
                 inner_steps=s["inner_steps"],
+                adapt_only=adapt_only,
             )
             with torch.no_grad():
                 prediction = functional_call(model, adapted, (task.x_query[0],))
@@ -139,28 +163,39 @@ class AdaptationPanel:
 
     def redraw(self) -> None:
         s, task = self.state(), self.task()
-        figure = Figure(figsize=(5 * len(self.models), 3.6), dpi=80)
-        axes = figure.subplots(1, len(self.models), squeeze=False)[0]
-        cmaps = ["Greens", "Blues", "Oranges", "Purples"]
-        for ax, (name, model), cmap in zip(axes, self.models.items(), cmaps):
-            steps = sorted({0, s["inner_steps"]})
+        names = list(self.models) if s["method"] == "all" else [s["method"]]
+        figure = Figure(figsize=(5 * min(len(names), 3), 3.6 * math.ceil(len(names) / 3)), dpi=80)
+        axes = figure.subplots(math.ceil(len(names) / 3), min(len(names), 3), squeeze=False)
+        cmaps = ["Greens", "Blues", "Oranges", "Purples", "Reds", "Greys"]
+        for ax, name in zip(axes.flat, names):
+            model, params, inner_lr, adapt_only = self._adaptation(name)
+            cmap = cmaps[list(self.models).index(name) % len(cmaps)]
             plot_adaptation(
                 model,
-                parameters_of(model),
+                params,
                 task,
                 ax=ax,
-                steps=steps,
-                inner_lr=s["inner_lr"],
+                steps=sorted({0, s["inner_steps"]}),
+                inner_lr=inner_lr,
+                adapt_only=adapt_only,
                 name=name,
                 cmap=cmap,
             )
             ax.set(title=name, ylim=(-5.5, 5.5))
+        for ax in list(axes.flat)[len(names) :]:
+            ax.set_visible(False)
         figure.tight_layout()
         buffer = io.BytesIO()
         figure.savefig(buffer, format="png")
         self.image.value = buffer.getvalue()
+        learned = [
+            n
+            for n in self.models
+            if isinstance(self.models[n], Learner) and isinstance(self.models[n].inner_lr, dict)
+        ]
         scores = " · ".join(f"{name}: <b>{value:.3f}</b>" for name, value in self.mse().items())
+        note = f" ({', '.join(learned)}: learned step sizes)" if learned else ""
         self.summary.value = (
-            f"K={s['k_shot']}, {s['inner_steps']} inner steps, α={s['inner_lr']:.3f} "
+            f"K={s['k_shot']}, {s['inner_steps']} inner steps, α={s['inner_lr']:.3f}{note} "
             f"→ query MSE {scores}"
         )

@@ -2,9 +2,12 @@
 
 Targets (K = 5, 1,000 held-out tasks, inner step 0.01): MAML test MSE ≤ 0.38 after 5
 steps and ≤ 0.35 after 10 (Finn et al. 2017 report 0.38 / 0.35); the pretrained baseline
-stays ≥ 2.0 after 10 steps.
+stays ≥ 2.0 after 10 steps; every meta-learner of chapter 03 beats the baseline after one
+step and halves its error at its best step count; Meta-SGD beats MAML after one step.
 """
 
+import contextlib
+import io
 import json
 
 import pytest
@@ -12,38 +15,62 @@ import pytest
 from metalib import checkpoints, cli, runtime
 
 SHIPPED = runtime.checkpoint_dir()
+NAMES = [
+    "sinusoid_maml",
+    "sinusoid_fomaml",
+    "sinusoid_reptile",
+    "sinusoid_meta_sgd",
+    "sinusoid_anil",
+    "sinusoid_pretrain",
+]
 
 
-def evaluate(name, capsys):
-    assert (
-        cli.main(
-            [
-                "evaluate",
-                str(SHIPPED / f"{name}.pt"),
-                "--k-shot",
-                "5",
-                "--tasks",
-                "1000",
-                "--device",
-                "cpu",
-            ]
-        )
-        == 0
-    )
-    return json.loads(capsys.readouterr().out)["mse"]
+@pytest.fixture(scope="module")
+def results():
+    out = {}
+    for name in NAMES:
+        argv = [
+            "evaluate",
+            str(SHIPPED / f"{name}.pt"),
+            "--k-shot",
+            "5",
+            "--tasks",
+            "1000",
+            "--device",
+            "cpu",
+        ]
+        buffer = io.StringIO()
+        with contextlib.redirect_stdout(buffer):
+            assert cli.main(argv) == 0
+        out[name] = json.loads(buffer.getvalue())["mse"]
+    return out
 
 
-def test_shipped_maml_reaches_the_paper(capsys):
-    mse = evaluate("sinusoid_maml", capsys)
+def test_shipped_maml_reaches_the_paper(results):
+    mse = results["sinusoid_maml"]
     assert mse["5"]["mean"] <= 0.38 and mse["10"]["mean"] <= 0.35, mse
 
 
-def test_shipped_pretrained_baseline_cannot_adapt(capsys):
-    mse = evaluate("sinusoid_pretrain", capsys)
+def test_shipped_pretrained_baseline_cannot_adapt(results):
+    mse = results["sinusoid_pretrain"]
     assert mse["10"]["mean"] >= 2.0, mse
 
 
-@pytest.mark.parametrize("name", ["sinusoid_maml", "sinusoid_pretrain"])
+@pytest.mark.parametrize("name", NAMES[1:5])
+def test_every_meta_learner_beats_the_baseline(results, name):
+    """Better after one step, and at its best number of steps (among 1, 5, 10, where no
+    task diverged) less than half the baseline's best error."""
+    mse, baseline = results[name], results["sinusoid_pretrain"]
+    assert mse["1"]["diverged_tasks"] == 0 and mse["1"]["mean"] < baseline["1"]["mean"]
+    best = min(v["mean"] for k, v in mse.items() if k != "0" and v["diverged_tasks"] == 0)
+    assert best < 0.5 * min(v["mean"] for v in baseline.values()), mse
+
+
+def test_meta_sgd_beats_maml_after_one_step(results):
+    assert results["sinusoid_meta_sgd"]["1"]["mean"] < results["sinusoid_maml"]["1"]["mean"]
+
+
+@pytest.mark.parametrize("name", NAMES)
 def test_sidecars_record_how_they_were_made(name):
     blob = checkpoints.load(SHIPPED / name)
     sidecar = blob["sidecar"]

@@ -47,3 +47,21 @@ def test_empty_support_range_is_refused(panel):
 def test_panel_needs_a_model():
     with pytest.raises(ValueError, match="at least one model"):
         AdaptationPanel({})
+
+
+def test_learners_adapt_as_trained_and_the_method_picker_redraws():
+    from metalib.recipes import SinusoidConfig, make_learner
+
+    anil = make_learner(SinusoidConfig.for_method("anil"), torch.device("cpu"))
+    meta_sgd = make_learner(SinusoidConfig.for_method("meta-sgd"), torch.device("cpu"))
+    panel = AdaptationPanel({"ANIL": anil, "Meta-SGD": meta_sgd})
+    assert "Meta-SGD: learned step sizes" in panel.summary.value
+    _, _, inner_lr, adapt_only = panel._adaptation("ANIL")
+    assert adapt_only == anil.model.head_names() and inner_lr == 0.01
+    assert isinstance(panel._adaptation("Meta-SGD")[2], dict)
+    image = panel.image.value
+    panel.controls["method"].value = "ANIL"
+    assert panel.image.value != image
+    before = panel.mse()["Meta-SGD"]
+    panel.controls["inner_lr"].value = 0.1  # Meta-SGD's learned step sizes do not move
+    assert panel.mse()["Meta-SGD"] == before
