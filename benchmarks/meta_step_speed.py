@@ -73,8 +73,9 @@ def metalib_loop(model, params, tasks, method, steps) -> Grads:
 def with_higher(model, params, tasks, method, steps) -> Grads:
     import higher
 
-    names = list(params)
-    totals = {n: torch.zeros_like(p) for n, p in params.items()}
+    theta = dict(model.named_parameters())  # higher differentiates the module's own weights
+    names = list(theta)
+    totals = {n: torch.zeros_like(p) for n, p in theta.items()}
     inner = torch.optim.SGD(model.parameters(), lr=ALPHA)
     x_all, y_all = _all_points(tasks)
     for i in range(len(tasks)):
@@ -91,11 +92,11 @@ def with_higher(model, params, tasks, method, steps) -> Grads:
                 diffopt.step(F.mse_loss(fmodel(xs), ys))
             if method == "reptile":
                 for n, fast in zip(names, fmodel.parameters()):
-                    totals[n] += (params[n].detach() - fast.detach()) / len(tasks)
+                    totals[n] += (theta[n].detach() - fast.detach()) / len(tasks)
                 continue
             query = F.mse_loss(fmodel(tasks.x_query[i]), tasks.y_query[i]) / len(tasks)
             if track:
-                grads = torch.autograd.grad(query, list(params.values()))
+                grads = torch.autograd.grad(query, list(theta.values()))
             else:  # first order: the gradient at the adapted weights, applied to θ
                 grads = torch.autograd.grad(query, list(fmodel.parameters()))
             for n, g in zip(names, grads):

@@ -119,3 +119,50 @@ def test_module_entry_point_help():
         check=True,
     )
     assert "--first-order" in result.stdout and "sinusoid-pretrain" in result.stdout
+
+
+@pytest.mark.parametrize("recipe", ["fomaml", "reptile", "meta-sgd", "anil", "pretrain"])
+def test_every_recipe_trains_saves_and_evaluates(recipe, tmp_path, capsys):
+    stem = tmp_path / recipe
+    code, _, err = run(
+        [
+            "train",
+            f"sinusoid-{recipe}",
+            "--out",
+            str(stem),
+            "--meta-steps",
+            "3",
+            "--meta-batch-size",
+            "4",
+            "--no-progress",
+            "--device",
+            "cpu",
+        ],
+        capsys,
+    )
+    assert code == 0, err
+    config = json.loads((tmp_path / f"{recipe}.json").read_text())["config"]
+    assert config["method"] == recipe
+    assert config["inner_steps"] == (5 if recipe in ("reptile", "anil") else 1)
+    assert config["first_order"] == (recipe == "fomaml")
+    code, out, err = run(
+        ["evaluate", str(stem) + ".pt", "--tasks", "20", "--device", "cpu"], capsys
+    )
+    assert code == 0, err
+    result = json.loads(out)
+    assert result["recipe"] == f"sinusoid-{recipe}"
+    assert (result["inner_lr"] == "learned (Meta-SGD)") == (recipe == "meta-sgd")
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["train", "sinusoid-reptile", "--first-order"], "no meaning for method='reptile'"),
+        (["train", "sinusoid-reptile", "--inner-steps", "0"], "reptile' needs inner_steps >= 1"),
+        (["train", "sinusoid-meta-sgd", "--inner-lr", "inf"], "inner_lr=inf"),
+    ],
+)
+def test_recipe_specific_bad_input(argv, message, tmp_path, capsys):
+    code, _, err = run([*argv, "--out", str(tmp_path / "x"), "--meta-steps", "1"], capsys)
+    assert code == 2 and message in err
+    assert list(tmp_path.iterdir()) == []
