@@ -14,9 +14,10 @@ outer step. Four implementations of the same update on the same network and data
 - ``torchopt``: ``torchopt.FuncOptimizer(torchopt.sgd(α))``, one task at a time.
 
 Before timing, every peer's meta-gradient is checked against metalib's on the same data
-(equal work). Then each configuration runs for ``--seconds``. Peak memory: each
-second-order and first-order configuration is run in a fresh subprocess at a meta-batch
-of 1,000 tasks, and the growth of the process's peak resident memory is reported. It
+(equal work). Then each configuration runs for ``--seconds``. Peak memory: every
+implementation, method and step count runs once in a fresh subprocess at a meta-batch of
+1,000 tasks, and the growth of the process's peak resident memory (on a GPU, of
+``torch.cuda.max_memory_allocated``) over that one outer step is reported. It
 prints a table, the ratios of metalib's vmap path to each peer, and one JSON line.
 """
 
@@ -40,6 +41,7 @@ from metalib.models import SinusoidMLP, clone_parameters, parameters_of
 from metalib.tasks import SinusoidTasks, TaskBatch
 
 ALPHA, META_BATCH, K = 0.01, 25, 10
+MEMORY_TASKS = 1000  # at 25 tasks the growth is below what resident memory resolves
 Grads = dict[str, torch.Tensor]
 
 
@@ -206,18 +208,22 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
-def memory_probe(method: str, steps: int, device_name: str) -> None:
+SLUGS = {"vmap": "metalib vmap", "loop": "metalib loop", "higher": "higher", "torchopt": "torchopt"}
+
+
+def memory_probe(slug: str, method: str, steps: int, device_name: str) -> None:
     """Child process: print the growth of peak memory over one outer step (in MB)."""
+    fn = IMPLEMENTATIONS[SLUGS[slug]]
     device = runtime.device(device_name)
     model = SinusoidMLP().to(device)
-    tasks = sample(torch.Generator().manual_seed(0), device, n=1000)
+    tasks = sample(torch.Generator().manual_seed(0), device, n=MEMORY_TASKS)
     params = parameters_of(model)
-    metalib_vmap(model, params, sample(torch.Generator(), device, n=2), method, 1)  # warm-up
+    fn(model, params, sample(torch.Generator(), device, n=2), method, 1)  # warm-up
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
         base = torch.cuda.max_memory_allocated()
     base_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    metalib_vmap(model, params, tasks, method, steps)
+    fn(model, params, tasks, method, steps)
     if device.type == "cuda":
         print(json.dumps({"peak_mb": (torch.cuda.max_memory_allocated() - base) / 2**20}))
     else:
@@ -225,27 +231,25 @@ def memory_probe(method: str, steps: int, device_name: str) -> None:
         print(json.dumps({"peak_mb": grown / 1024}))
 
 
-def measure_memory(device: torch.device) -> dict[str, float]:
-    out = {}
-    for method in ("maml", "fomaml"):
+def measure_memory(device: torch.device) -> dict[str, dict[str, float]]:
+    out: dict[str, dict[str, float]] = {}
+    for method in ("maml", "fomaml", "reptile"):
         for steps in (1, 5, 10):
-            child = subprocess.run(
-                [
+            row = {}
+            for slug, name in SLUGS.items():
+                command = [
                     sys.executable,
                     __file__,
                     "--memory-probe",
+                    slug,
                     method,
                     str(steps),
                     "--device",
                     device.type,
-                ],
-                capture_output=True,
-                text=True,
-                check=True,
-            )
-            out[f"{method} {steps}"] = round(
-                json.loads(child.stdout.strip().splitlines()[-1])["peak_mb"], 1
-            )
+                ]
+                child = subprocess.run(command, capture_output=True, text=True, check=True)
+                row[name] = round(json.loads(child.stdout.strip().splitlines()[-1])["peak_mb"], 1)
+            out[f"{method} {steps}"] = row
     return out
 
 
@@ -257,12 +261,13 @@ def main() -> None:
         "--seconds", type=float, default=5.0, help="time spent on each configuration (default: 5)"
     )
     parser.add_argument(
-        "--memory-probe", nargs=2, metavar=("METHOD", "STEPS"), help=argparse.SUPPRESS
+        "--memory-probe", nargs=3, metavar=("IMPL", "METHOD", "STEPS"), help=argparse.SUPPRESS
     )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     if args.memory_probe:
-        memory_probe(args.memory_probe[0], int(args.memory_probe[1]), args.device or "cpu")
+        slug, method, steps = args.memory_probe
+        memory_probe(slug, method, int(steps), args.device or "cpu")
         return
     device = runtime.device(args.device)
     print(f"device: {runtime.describe_device(device)} · torch {torch.__version__}")
@@ -290,9 +295,11 @@ def main() -> None:
     print("(outer steps per second; ratios are metalib vmap over each peer)")
 
     memory = measure_memory(device)
-    print("\npeak memory growth of one outer step, meta-batch 1000 (MB):")
-    for key, value in memory.items():
-        print(f"  {key.replace(' ', ', ') + ' inner steps':28s}{value:8.1f}")
+    print(f"\npeak memory growth of one outer step, meta-batch {MEMORY_TASKS} (MB):")
+    print(f"{'method':8s}{'steps':>6s}" + "".join(f"{n:>15s}" for n in IMPLEMENTATIONS))
+    for key, row in memory.items():
+        method, steps = key.split()
+        print(f"{method:8s}{steps:>6s}" + "".join(f"{v:>15.1f}" for v in row.values()))
     print(
         json.dumps(
             {

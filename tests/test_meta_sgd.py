@@ -71,3 +71,11 @@ def test_missing_step_size_is_named():
     del lrs["net.2.weight"]
     with pytest.raises(ValueError, match=r"net\.2\.weight"):
         maml.adapt(model, params, *tasks.task(0).support, inner_lr=lrs)
+
+
+def test_step_sizes_must_be_tensors():
+    model, tasks = setup()
+    with pytest.raises(ValueError, match="map parameter names to tensors"):
+        maml.adapt(
+            model, parameters_of(model), *tasks.task(0).support, inner_lr={"net.0.weight": 0.01}
+        )

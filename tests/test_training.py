@@ -88,3 +88,16 @@ def test_diverged_tasks_are_counted_and_reported_as_json_null():
     assert report["0"]["mean"] == curve.mean[0]
     if not math.isfinite(curve.mean[3]):
         assert report["3"]["mean"] is None
+
+
+@pytest.mark.parametrize("method", ["fomaml", "reptile", "meta-sgd", "anil"])
+def test_short_training_of_each_method_lowers_the_query_error(method):
+    """Smoke test: a few hundred outer steps adapt better than the untrained network."""
+    from metalib.recipes import make_learner
+
+    config = SinusoidConfig.for_method(method, meta_steps=200, meta_batch_size=50, seed=2)
+    trained = train_sinusoid(config, device="cpu", progress=False)
+    untrained = make_learner(config, torch.device("cpu"))
+    after = evaluate_sinusoid(trained.learner, n_tasks=200, max_steps=1).mean[1]
+    before = evaluate_sinusoid(untrained, n_tasks=200, max_steps=1).mean[1]
+    assert after < 0.8 * before, (method, after, before)
