@@ -260,6 +260,7 @@ def main() -> None:
     parser.add_argument(
         "--seconds", type=float, default=5.0, help="time spent on each configuration (default: 5)"
     )
+    parser.add_argument("--skip-memory", action="store_true", help="only measure speed")
     parser.add_argument(
         "--memory-probe", nargs=3, metavar=("IMPL", "METHOD", "STEPS"), help=argparse.SUPPRESS
     )
@@ -294,12 +295,14 @@ def main() -> None:
             )
     print("(outer steps per second; ratios are metalib vmap over each peer)")
 
-    memory = measure_memory(device)
-    print(f"\npeak memory growth of one outer step, meta-batch {MEMORY_TASKS} (MB):")
-    print(f"{'method':8s}{'steps':>6s}" + "".join(f"{n:>15s}" for n in IMPLEMENTATIONS))
-    for key, row in memory.items():
-        method, steps = key.split()
-        print(f"{method:8s}{steps:>6s}" + "".join(f"{v:>15.1f}" for v in row.values()))
+    memory = {}
+    if not args.skip_memory:
+        memory = measure_memory(device)
+        print(f"\npeak memory growth of one outer step, meta-batch {MEMORY_TASKS} (MB):")
+        print(f"{'method':8s}{'steps':>6s}" + "".join(f"{n:>15s}" for n in IMPLEMENTATIONS))
+        for key, row in memory.items():
+            method, steps = key.split()
+            print(f"{method:8s}{steps:>6s}" + "".join(f"{v:>15.1f}" for v in row.values()))
     print(
         json.dumps(
             {
