@@ -20,53 +20,19 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import time
 
 import torch
 
 from metalib import runtime
 from metalib.algorithms import maml
 from metalib.models import SinusoidMLP, clone_parameters, parameters_of
-from metalib.recipes import SinusoidConfig, evaluate_sinusoid, train_sinusoid
+from metalib.recipes import (
+    SinusoidConfig,
+    evaluate_sinusoid,
+    outer_steps_per_second,
+    train_sinusoid,
+)
 from metalib.tasks import SinusoidTasks
-
-
-def steps_per_second(
-    loss_fn, config: SinusoidConfig, device: torch.device, seconds: float
-) -> float:
-    torch.manual_seed(0)
-    model = SinusoidMLP().to(device)
-    params = parameters_of(model)
-    optimizer = torch.optim.Adam(params.values(), lr=config.outer_lr)
-    generator = torch.Generator().manual_seed(0)
-    family = SinusoidTasks()
-
-    def step() -> None:
-        tasks = family.sample(
-            config.meta_batch_size,
-            k_shot=config.k_shot,
-            k_query=config.k_query,
-            generator=generator,
-            device=device,
-        )
-        loss = loss_fn(
-            model, params, tasks, inner_lr=config.inner_lr, inner_steps=config.inner_steps
-        )
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-
-    for _ in range(3):  # warm-up
-        step()
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    count, start = 0, time.perf_counter()
-    while time.perf_counter() - start < seconds:
-        step()
-        count += 1
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    return count / (time.perf_counter() - start)
 
 
 def check_equal_work(config: SinusoidConfig, device: torch.device) -> None:
@@ -109,8 +75,10 @@ def main() -> None:
     )
 
     check_equal_work(config, device)
-    vmap_rate = steps_per_second(maml.meta_loss, config, device, args.seconds)
-    loop_rate = steps_per_second(maml.meta_loss_loop, config, device, args.seconds)
+    vmap_rate = outer_steps_per_second(maml.meta_loss, config, seconds=args.seconds, device=device)
+    loop_rate = outer_steps_per_second(
+        maml.meta_loss_loop, config, seconds=args.seconds, device=device
+    )
     result = {
         "device": runtime.describe_device(device),
         "threads": args.threads,

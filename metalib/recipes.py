@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -312,3 +313,60 @@ def load_sinusoid(
 def shipped(name: str) -> str:
     """Path stem of a shipped checkpoint, e.g. ``shipped("sinusoid_maml")``."""
     return str(runtime.checkpoint_dir() / name)
+
+
+def outer_steps_per_second(
+    meta_loss_fn,
+    config: SinusoidConfig | None = None,
+    *,
+    seconds: float = 5.0,
+    device: torch.device | str | None = None,
+) -> float:
+    """Outer steps per second of ``meta_loss_fn`` (``maml.meta_loss`` or ``maml.meta_loss_loop``).
+
+    Runs the setting of ``config`` (default: the shipped recipe) for at least ``seconds``
+    and three steps, after three warm-up steps: sample a meta-batch, the meta-loss, backward,
+    one Adam step. Used by chapter 03 and ``benchmarks/sinusoid_training_speed.py``.
+    """
+    if not (isinstance(seconds, int | float) and 0 < seconds < float("inf")):
+        raise ValueError(f"seconds={seconds!r} must be a finite positive number.")
+    config = config or SinusoidConfig()
+    dev = runtime.device(None if device is None else str(device))
+    torch.manual_seed(config.seed)
+    model = SinusoidMLP(hidden=config.hidden).to(dev)
+    params = parameters_of(model)
+    optimizer = torch.optim.Adam(params.values(), lr=config.outer_lr)
+    generator = torch.Generator().manual_seed(config.seed)
+    family = SinusoidTasks()
+
+    def step() -> None:
+        tasks = family.sample(
+            config.meta_batch_size,
+            k_shot=config.k_shot,
+            k_query=config.k_query,
+            generator=generator,
+            device=dev,
+        )
+        loss = meta_loss_fn(
+            model,
+            params,
+            tasks,
+            inner_lr=config.inner_lr,
+            inner_steps=config.inner_steps,
+            first_order=config.first_order,
+        )
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+    for _ in range(3):
+        step()
+    if dev.type == "cuda":
+        torch.cuda.synchronize()
+    count, start = 0, time.perf_counter()
+    while count < 3 or time.perf_counter() - start < seconds:
+        step()
+        count += 1
+    if dev.type == "cuda":
+        torch.cuda.synchronize()
+    return count / (time.perf_counter() - start)

@@ -101,3 +101,21 @@ def test_short_training_of_each_method_lowers_the_query_error(method):
     after = evaluate_sinusoid(trained.learner, n_tasks=200, max_steps=1).mean[1]
     before = evaluate_sinusoid(untrained, n_tasks=200, max_steps=1).mean[1]
     assert after < 0.8 * before, (method, after, before)
+
+
+def test_outer_steps_per_second_runs_the_meta_loss_it_is_given():
+    from metalib.algorithms import maml
+    from metalib.recipes import outer_steps_per_second
+
+    calls = []
+
+    def counting_meta_loss(*args, **kwargs):
+        calls.append(kwargs["inner_steps"])
+        return maml.meta_loss(*args, **kwargs)
+
+    config = SinusoidConfig(meta_batch_size=4, inner_steps=2)
+    rate = outer_steps_per_second(counting_meta_loss, config, seconds=0.01, device="cpu")
+    assert math.isfinite(rate) and rate > 0
+    assert len(calls) >= 6 and set(calls) == {2}  # 3 warm-up steps + at least 3 timed
+    with pytest.raises(ValueError, match="seconds=0"):
+        outer_steps_per_second(maml.meta_loss, config, seconds=0)
