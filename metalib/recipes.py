@@ -147,8 +147,12 @@ def make_learner(config: SinusoidConfig, device: torch.device) -> Learner:
     return Learner(model, config, inner_lr, adapt_only)
 
 
-def step_loss_fn(learner: Learner, device: torch.device):
-    """The function ``step -> loss`` that :func:`~metalib.training.train_loop` minimises."""
+def step_loss_fn(learner: Learner, device: torch.device, *, meta_loss_fn=maml.meta_loss):
+    """The function ``step -> loss`` that :func:`~metalib.training.train_loop` minimises.
+
+    ``meta_loss_fn`` (MAML-family methods only) is ``maml.meta_loss`` or, for timing the
+    reference, ``maml.meta_loss_loop``.
+    """
     config, model, params = learner.config, learner.model, learner.params
     family = SinusoidTasks()
     generator = torch.Generator().manual_seed(config.seed)
@@ -167,7 +171,7 @@ def step_loss_fn(learner: Learner, device: torch.device):
             return reptile.surrogate_loss(
                 model, params, tasks, inner_lr=config.inner_lr, inner_steps=config.inner_steps
             )
-        return maml.meta_loss(
+        return meta_loss_fn(
             model,
             params,
             tasks,
@@ -214,11 +218,17 @@ def held_out_tasks(
     k_query: int = 100,
     seed: int = TEST_SEED,
     support_range: tuple[float, float] | None = None,
+    query_range: tuple[float, float] | None = None,
 ) -> TaskBatch:
     """The held-out tasks every evaluation in the course uses (same seed, same tasks)."""
     generator = torch.Generator().manual_seed(seed)
     return SinusoidTasks().sample(
-        n_tasks, k_shot=k_shot, k_query=k_query, generator=generator, support_range=support_range
+        n_tasks,
+        k_shot=k_shot,
+        k_query=k_query,
+        generator=generator,
+        support_range=support_range,
+        query_range=query_range,
     )
 
 
@@ -230,17 +240,22 @@ def evaluate_sinusoid(
     inner_lr: float | None = None,
     max_steps: int = 10,
     seed: int = TEST_SEED,
+    support_range: tuple[float, float] | None = None,
+    query_range: tuple[float, float] | None = None,
 ) -> Curve:
     """Test MSE (mean, 95% interval) over ``n_tasks`` held-out tasks after 0..max_steps.
 
     A bare model adapts all its weights with ``inner_lr`` (default 0.01); a
     :class:`Learner` adapts as it was trained (its learned step sizes, its ``adapt_only``)
-    unless ``inner_lr`` overrides the step size.
+    unless ``inner_lr`` overrides the step size. ``support_range`` and ``query_range``
+    restrict where the support and query points are drawn (the extrapolation demo).
     """
     learner = model if isinstance(model, Learner) else None
     net = learner.model if learner else model
     step = inner_lr if inner_lr is not None else (learner.inner_lr if learner else 0.01)
-    tasks = held_out_tasks(n_tasks, k_shot=k_shot, seed=seed)
+    tasks = held_out_tasks(
+        n_tasks, k_shot=k_shot, seed=seed, support_range=support_range, query_range=query_range
+    )
     dev = next(net.parameters()).device
     return evaluate(
         net,
@@ -332,29 +347,12 @@ def outer_steps_per_second(
         raise ValueError(f"seconds={seconds!r} must be a finite positive number.")
     config = config or SinusoidConfig()
     dev = runtime.device(None if device is None else str(device))
-    torch.manual_seed(config.seed)
-    model = SinusoidMLP(hidden=config.hidden).to(dev)
-    params = parameters_of(model)
-    optimizer = torch.optim.Adam(params.values(), lr=config.outer_lr)
-    generator = torch.Generator().manual_seed(config.seed)
-    family = SinusoidTasks()
+    learner = make_learner(config, dev)
+    step_loss = step_loss_fn(learner, dev, meta_loss_fn=meta_loss_fn)
+    optimizer = torch.optim.Adam(learner.params.values(), lr=config.outer_lr)
 
     def step() -> None:
-        tasks = family.sample(
-            config.meta_batch_size,
-            k_shot=config.k_shot,
-            k_query=config.k_query,
-            generator=generator,
-            device=dev,
-        )
-        loss = meta_loss_fn(
-            model,
-            params,
-            tasks,
-            inner_lr=config.inner_lr,
-            inner_steps=config.inner_steps,
-            first_order=config.first_order,
-        )
+        loss = step_loss(0)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()

@@ -95,6 +95,7 @@ class SinusoidTasks:
         k_query: int,
         generator: torch.Generator,
         support_range: tuple[float, float] | None = None,
+        query_range: tuple[float, float] | None = None,
         amplitude: float | Tensor | None = None,
         phase: float | Tensor | None = None,
         device: torch.device | str | None = None,
@@ -107,7 +108,8 @@ class SinusoidTasks:
             k_query: query points per task (what the adapted learner is scored on).
             generator: the source of randomness; the same seed gives the same tasks.
             support_range: draw support x only from this sub-range of ``x_range`` (the
-                paper's extrapolation demo); query x always covers the full range.
+                paper's extrapolation demo).
+            query_range: likewise for the query x (default: the full ``x_range``).
             amplitude, phase: fix these instead of sampling them (for plots and widgets).
             device: where the returned tensors live (sampling itself is on the CPU).
 
@@ -119,13 +121,8 @@ class SinusoidTasks:
         _check_count("k_query", k_query, 1)
         if not isinstance(generator, torch.Generator):
             raise ValueError(f"generator={generator!r} must be a torch.Generator.")
-        x_low, x_high = self.x_range
-        s_low, s_high = (x_low, x_high) if support_range is None else support_range
-        s_low, s_high = _check_range("support_range", (s_low, s_high))
-        if s_low < x_low or s_high > x_high:
-            raise ValueError(
-                f"support_range={support_range!r} must lie inside x_range={self.x_range!r}."
-            )
+        s_low, s_high = self._sub_range("support_range", support_range)
+        q_low, q_high = self._sub_range("query_range", query_range)
 
         def uniform(shape: tuple[int, ...], low: float, high: float) -> Tensor:
             return low + (high - low) * torch.rand(shape, generator=generator)
@@ -137,7 +134,7 @@ class SinusoidTasks:
         if phase is not None:
             pha = torch.as_tensor(phase, dtype=torch.float32).expand(n_tasks).clone()
         x_support = uniform((n_tasks, k_shot, 1), s_low, s_high)  # (tasks, k_shot, 1)
-        x_query = uniform((n_tasks, k_query, 1), x_low, x_high)  # (tasks, k_query, 1)
+        x_query = uniform((n_tasks, k_query, 1), q_low, q_high)  # (tasks, k_query, 1)
         batch = TaskBatch(
             x_support,
             self.function(x_support, amp, pha),
@@ -147,6 +144,15 @@ class SinusoidTasks:
             pha,
         )
         return batch if device is None else batch.to(device)
+
+    def _sub_range(self, name: str, value: tuple[float, float] | None) -> tuple[float, float]:
+        """``value`` checked to lie inside ``x_range`` (``x_range`` itself when None)."""
+        if value is None:
+            return self.x_range
+        low, high = _check_range(name, value)
+        if low < self.x_range[0] or high > self.x_range[1]:
+            raise ValueError(f"{name}={value!r} must lie inside x_range={self.x_range!r}.")
+        return low, high
 
     def grid(self, n: int = 200) -> Tensor:
         """``n`` evenly spaced x values over ``x_range``, shaped ``(n, 1)`` for plotting."""

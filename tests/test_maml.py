@@ -119,20 +119,6 @@ def test_adapt_batch_matches_adapt_per_task():
             torch.testing.assert_close(batched[name][i], single[name])
 
 
-def test_predict_batch_with_shared_and_per_task_parameters():
-    model, tasks = make(seed=5)
-    params = parameters_of(model)
-    with torch.no_grad():
-        shared = maml.predict_batch(model, params, tasks.x_query, batched_params=False)
-        torch.testing.assert_close(shared, model(tasks.x_query))
-        adapted = maml.adapt_batch(model, params, *tasks.support, inner_steps=1)
-        per_task = maml.predict_batch(model, adapted, tasks.x_query, batched_params=True)
-    for i in range(len(tasks)):
-        one = {name: value[i] for name, value in adapted.items()}
-        expected = torch.func.functional_call(model, one, (tasks.x_query[i],))
-        torch.testing.assert_close(per_task[i], expected)
-
-
 def test_zero_inner_steps_is_identity():
     model, tasks = make()
     params = parameters_of(model)

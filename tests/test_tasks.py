@@ -46,6 +46,12 @@ def test_support_range_restricts_only_the_support():
     assert tasks.x_query.max() > 0.0
 
 
+def test_query_range_restricts_only_the_query():
+    tasks = sample(query_range=(0.0, 5.0))
+    assert tasks.x_query.min() >= 0.0
+    assert tasks.x_support.min() < 0.0
+
+
 def test_fixed_amplitude_and_phase():
     tasks = sample(amplitude=2.0, phase=1.0)
     assert torch.all(tasks.amplitude == 2.0) and torch.all(tasks.phase == 1.0)
@@ -58,6 +64,7 @@ def test_fixed_amplitude_and_phase():
         ({"k_query": -2}, "k_query=-2"),
         ({"support_range": (1.0, -1.0)}, "support_range"),
         ({"support_range": (-9.0, 0.0)}, "inside"),
+        ({"query_range": (0.0, 6.0)}, "query_range=\\(0.0, 6.0\\) must lie inside"),
     ],
 )
 def test_bad_sampling_arguments(kwargs, message):

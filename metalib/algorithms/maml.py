@@ -234,9 +234,3 @@ def adapt_batch(
         adapt_only=adapt_only,
     )
     return vmap(one, in_dims=(None, 0, 0))(params, x, y)
-
-
-def predict_batch(model: nn.Module, params: Params, x: Tensor, *, batched_params: bool) -> Tensor:
-    """Run ``model`` on ``x`` of shape ``(tasks, n, ...)``; params shared or per task."""
-    in_dims = (0 if batched_params else None, 0)
-    return vmap(lambda p, xi: functional_call(model, p, (xi,)), in_dims=in_dims)(params, x)
