@@ -14,13 +14,13 @@ import hashlib
 import io
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 
 import metalib
+from metalib import files
 
 FORMAT = 1
 
@@ -30,27 +30,6 @@ def paths(path: str | os.PathLike[str]) -> tuple[Path, Path]:
     p = Path(path)
     stem = p.with_suffix("") if p.suffix in {".pt", ".json"} else p
     return stem.with_name(stem.name + ".pt"), stem.with_name(stem.name + ".json")
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def _atomic_write(target: Path, data: bytes) -> Path:
-    """Write ``data`` beside ``target`` under a temporary name; return that name."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    try:
-        os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600; a checkpoint is an ordinary file
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return Path(tmp)
 
 
 def save(
@@ -93,9 +72,9 @@ def save(
         "sha256": hashlib.sha256(payload).hexdigest(),
     }
     text = json.dumps(sidecar, indent=2, sort_keys=True) + "\n"
-    tmp_pt = _atomic_write(pt_path, payload)
+    tmp_pt = files.write_temporary(pt_path, payload)
     try:
-        tmp_json = _atomic_write(json_path, text.encode())
+        tmp_json = files.write_temporary(json_path, text.encode())
     except BaseException:
         tmp_pt.unlink(missing_ok=True)
         raise

@@ -1,12 +1,15 @@
-"""Command line: ``python -m metalib train RECIPE --out PATH`` and ``evaluate PATH.pt``.
+"""Command line: ``python -m metalib train RECIPE --out PATH``, ``evaluate PATH.pt``, ``data``.
 
 Examples::
+
+    METALIB_DATA=../shared/data/omniglot METALIB_CACHE=data python -m metalib data
 
     python -m metalib train sinusoid-maml --out data/checkpoints/sinusoid_maml
     python -m metalib train sinusoid-pretrain --out data/checkpoints/sinusoid_pretrain
     python -m metalib evaluate data/checkpoints/sinusoid_maml.pt --k-shot 5 --tasks 1000
 
-``train`` writes ``PATH.pt`` and ``PATH.json``; ``evaluate`` prints one JSON object.
+``train`` writes ``PATH.pt`` and ``PATH.json``; ``evaluate`` and ``data`` print one JSON
+object each.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import sys
 from collections.abc import Sequence
 
 from metalib import runtime
+from metalib.data import omniglot, splits
 from metalib.recipes import (
     SinusoidConfig,
     evaluate_sinusoid,
@@ -116,7 +120,42 @@ def build_parser() -> argparse.ArgumentParser:
         "--inner-lr", type=float, default=None, help="inner step size (default: the checkpoint's)"
     )
     evaluate.add_argument("--device", default=None, help="cuda, mps or cpu (default: automatic)")
+
+    data = commands.add_parser(
+        "data",
+        help="find (or download) Omniglot, build its cache, print counts per split as JSON",
+        description="Find the Omniglot archives in METALIB_DATA (downloading them if absent), "
+        "check them, build the 28x28 cache in METALIB_CACHE, and print one JSON object: "
+        "where everything is, and per split the alphabets, characters, classes with "
+        "rotations and images.",
+    )
+    data.add_argument("--no-download", action="store_true", help="fail instead of downloading")
     return parser
+
+
+def _data(args: argparse.Namespace) -> dict:
+    dataset = omniglot.load(download=not args.no_download)
+    per_split = {
+        scheme: {
+            split: splits.summary(
+                dataset,
+                splits.class_split(
+                    dataset, scheme=scheme, split=split, download=not args.no_download
+                ),
+            )
+            for split in splits.SPLITS[scheme]
+        }
+        for scheme in splits.SCHEMES
+    }
+    return {
+        "data_dir": str(dataset.data_dir),
+        "cache": str(dataset.cache_path),
+        "archives": dataset.sources,
+        "vinyals_split_files_official_md5": splits.split_files_md5(dataset.data_dir),
+        "images": len(dataset.images),
+        "image_shape": list(dataset.images.shape[1:]),
+        "splits": per_split,
+    }
 
 
 def _train(args: argparse.Namespace, argv: Sequence[str]) -> dict:
@@ -180,8 +219,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
     try:
-        result = _train(args, argv) if args.command == "train" else _evaluate(args)
-    except (ValueError, FileNotFoundError, FloatingPointError) as error:
+        commands = {"train": lambda: _train(args, argv), "evaluate": lambda: _evaluate(args)}
+        result = commands.get(args.command, lambda: _data(args))()
+    except (ValueError, OSError, FloatingPointError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     print(json.dumps(result, indent=2))

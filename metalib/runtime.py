@@ -4,7 +4,10 @@ This is the only module of ``metalib`` that looks at environment variables:
 
 - ``METALIB_QUICK=1`` shrinks training budgets so that every notebook runs in about a
   minute on two CPU cores (read once, by :func:`quick`);
-- ``METALIB_DATA`` is the data directory (default: ``data/`` at the repository root);
+- ``METALIB_DATA`` is the data directory (default: ``data/`` at the repository root),
+  where the Omniglot archives are found or downloaded to;
+- ``METALIB_CACHE`` is where derived files such as the 28×28 Omniglot tensor are written
+  (default: the data directory); set it when the data directory is read-only;
 - ``METALIB_DEVICE`` overrides the automatic device choice (cuda, then mps, then cpu).
 """
 
@@ -38,6 +41,12 @@ def data_dir() -> Path:
     """The data directory: ``METALIB_DATA`` if set, otherwise ``data/`` in the repository."""
     value = os.environ.get("METALIB_DATA")
     return Path(value).expanduser() if value else REPO_ROOT / "data"
+
+
+def cache_dir() -> Path:
+    """Where derived data is cached: ``METALIB_CACHE`` if set, otherwise :func:`data_dir`."""
+    value = os.environ.get("METALIB_CACHE")
+    return Path(value).expanduser() if value else data_dir()
 
 
 def checkpoint_dir() -> Path:

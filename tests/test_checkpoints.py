@@ -4,7 +4,7 @@ import os
 import pytest
 import torch
 
-from metalib import checkpoints
+from metalib import checkpoints, files
 from metalib.models import SinusoidMLP
 from metalib.recipes import SinusoidConfig, load_sinusoid
 
@@ -94,7 +94,7 @@ def test_wrong_recipe_and_wrong_architecture(tmp_path):
 def test_failed_save_leaves_previous_checkpoint_intact(tmp_path, monkeypatch):
     save_model(tmp_path / "m")
     before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
-    real = checkpoints._atomic_write
+    real = files.write_temporary
     calls = []
 
     def fail_on_sidecar(target, data):
@@ -103,7 +103,7 @@ def test_failed_save_leaves_previous_checkpoint_intact(tmp_path, monkeypatch):
             raise OSError("disk full")
         return real(target, data)
 
-    monkeypatch.setattr(checkpoints, "_atomic_write", fail_on_sidecar)
+    monkeypatch.setattr(files, "write_temporary", fail_on_sidecar)
     with pytest.raises(OSError, match="disk full"):
         save_model(tmp_path / "m", SinusoidMLP(hidden=(8,)))
     assert len(calls) == 2

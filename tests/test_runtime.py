@@ -30,6 +30,14 @@ def test_data_dir(monkeypatch, tmp_path):
     assert runtime.data_dir() == tmp_path
 
 
+def test_cache_dir_follows_data_dir_unless_set(monkeypatch, tmp_path):
+    monkeypatch.setenv("METALIB_DATA", str(tmp_path / "archives"))
+    monkeypatch.delenv("METALIB_CACHE", raising=False)
+    assert runtime.cache_dir() == tmp_path / "archives"
+    monkeypatch.setenv("METALIB_CACHE", str(tmp_path / "cache"))
+    assert runtime.cache_dir() == tmp_path / "cache"
+
+
 def test_device_choice(monkeypatch):
     monkeypatch.delenv("METALIB_DEVICE", raising=False)
     assert runtime.device("cpu") == torch.device("cpu")
