@@ -166,3 +166,42 @@ def test_recipe_specific_bad_input(argv, message, tmp_path, capsys):
     code, _, err = run([*argv, "--out", str(tmp_path / "x"), "--meta-steps", "1"], capsys)
     assert code == 2 and message in err
     assert list(tmp_path.iterdir()) == []
+
+
+def test_data_reports_the_official_counts(real_omniglot, monkeypatch, capsys):
+    monkeypatch.setenv("METALIB_DATA", str(real_omniglot.data_dir))
+    monkeypatch.setenv("METALIB_CACHE", str(real_omniglot.cache_path.parent))  # already built
+    code, out, _ = run(["data", "--no-download"], capsys)
+    assert code == 0
+    report = json.loads(out)
+    assert report["images"] == 32_460 and report["image_shape"] == [28, 28]
+    background = report["archives"]["images_background"]
+    assert (background["alphabets"], background["characters"], background["images"]) == (
+        30,
+        964,
+        19_280,
+    )
+    evaluation = report["archives"]["images_evaluation"]
+    assert (evaluation["alphabets"], evaluation["characters"], evaluation["images"]) == (
+        20,
+        659,
+        13_180,
+    )
+    vinyals = report["splits"]["vinyals"]
+    assert [vinyals[s]["characters"] for s in ("train", "val", "test")] == [1_028, 172, 423]
+    assert vinyals["train"]["classes"] == 4_112
+    assert report["splits"]["lake"]["test"] == {
+        "alphabets": 20,
+        "characters": 659,
+        "classes": 2_636,
+        "images": 13_180,
+    }
+
+
+def test_data_without_archives_fails_clearly(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("METALIB_DATA", str(tmp_path))
+    monkeypatch.delenv("METALIB_CACHE", raising=False)
+    code, _, err = run(["data", "--no-download"], capsys)
+    assert code == 2
+    assert f"images_background.zip not found in {tmp_path}" in err and "METALIB_DATA" in err
+    assert list(tmp_path.iterdir()) == []

@@ -1,7 +1,8 @@
 """Omniglot as one uint8 tensor: read from the zips once, resized to 28×28, cached.
 
 :func:`load` finds (or downloads) both archives, checks them (:mod:`.archives`), decodes
-every PNG straight from the zip with torchvision, resizes it to 28×28 with antialiasing,
+every PNG straight from the zip with Pillow, resizes it to 28×28 with torchvision's
+antialiased bilinear resize,
 and caches the result as ``omniglot_28x28.pt`` in the cache directory (``METALIB_CACHE``,
 by default the data directory). The cache records the md5 of the archives it came from
 and is rebuilt when they change. Ink is 255 and background 0 (the PNGs are the other way
@@ -16,8 +17,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
-from torchvision.io import ImageReadMode, decode_png
+from PIL import Image, UnidentifiedImageError
 from torchvision.transforms.v2 import functional as TF
 
 from metalib import files, runtime
@@ -68,7 +70,7 @@ class Omniglot:
             ) from None
 
 
-def _decode(archive, member: archives.Member, spec: ArchiveSpec, path: Path) -> torch.Tensor:
+def _decode(archive, member: archives.Member, spec: ArchiveSpec, path: Path) -> np.ndarray:
     try:
         raw = archive.read(member.name)
     except archives.CORRUPT as error:
@@ -77,19 +79,19 @@ def _decode(archive, member: archives.Member, spec: ArchiveSpec, path: Path) -> 
             "download a fresh copy."
         ) from error
     try:
-        image = decode_png(
-            torch.frombuffer(bytearray(raw), dtype=torch.uint8), mode=ImageReadMode.GRAY
-        )
-    except RuntimeError as error:
+        with Image.open(io.BytesIO(raw)) as image:
+            pixels = np.asarray(image.convert("L"))  # (105, 105) uint8, background 255
+    except (UnidentifiedImageError, OSError, ValueError) as error:
         raise ValueError(
-            f"archive {path}: {member.name} is not a readable PNG ({error})."
+            f"archive {path}: {member.name} is not a readable image ({error}); replace the "
+            f"archive with {spec.url}."
         ) from error
-    if tuple(image.shape[1:]) != (spec.image_size, spec.image_size):
+    if pixels.shape != (spec.image_size, spec.image_size):
         raise ValueError(
-            f"archive {path}: {member.name} is {image.shape[2]}×{image.shape[1]} pixels, not "
+            f"archive {path}: {member.name} is {pixels.shape[1]}×{pixels.shape[0]} pixels, not "
             f"{spec.image_size}×{spec.image_size}; replace the archive with {spec.url}."
         )
-    return image  # (1, 105, 105) uint8, background 255
+    return pixels
 
 
 def _build(paths: Sequence[Path], specs: Sequence[ArchiveSpec]) -> dict:
@@ -111,7 +113,7 @@ def _build(paths: Sequence[Path], specs: Sequence[ArchiveSpec]) -> dict:
             alphabet.append(len(alphabet_names) - 1)
             character.append(len(character_names) - 1)
             drawer.append(m.drawer)
-        ink = 255 - torch.stack(decoded)  # (images, 1, 105, 105)
+        ink = 255 - torch.from_numpy(np.stack(decoded)).unsqueeze(1)  # (images, 1, 105, 105)
         for chunk in ink.split(_CHUNK):
             small = TF.resize(chunk.float(), [IMAGE_SIZE, IMAGE_SIZE], antialias=True)
             images.append(small.round().clamp(0, 255).to(torch.uint8)[:, 0])  # (chunk, 28, 28)
