@@ -13,6 +13,7 @@ import torch
 from matplotlib.axes import Axes
 from torch import Tensor, nn
 from torch.func import functional_call
+from torchvision.utils import make_grid
 
 from metalib.algorithms import maml
 from metalib.tasks import SinusoidTasks, TaskBatch
@@ -162,3 +163,85 @@ def plot_history(
         ax.legend(fontsize=8)
     ax.set(xlabel="outer step", ylabel="loss", yscale="log")
     return ax
+
+
+def plot_images(
+    images: Tensor,
+    *,
+    nrow: int = 10,
+    ax: Axes | None = None,
+    labels: Sequence[str] | None = None,
+    title: str | None = None,
+) -> Axes:
+    """Draw images as one grid (``torchvision.utils.make_grid``), ink dark on white.
+
+    Args:
+        images: ``(n, 1, h, w)`` or ``(n, h, w)``, uint8 (ink 255) or float (ink 1).
+        nrow: images per row of the grid.
+        labels: one short text per image, written in its top-left corner.
+    """
+    ax = _axes(ax)
+    images = images.detach().cpu()
+    if images.dim() == 3:
+        images = images.unsqueeze(1)  # (n, 1, h, w)
+    if images.dtype == torch.uint8:
+        images = images.float() / 255
+    if labels is not None and len(labels) != len(images):
+        raise ValueError(f"{len(labels)} labels for {len(images)} images: give one per image.")
+    pad = 2
+    grid = make_grid(images, nrow=nrow, padding=pad, pad_value=0.35)[0].numpy()  # (H, W)
+    ax.imshow(grid, cmap="gray_r", vmin=0, vmax=1, interpolation="nearest")
+    height, width = images.shape[-2:]
+    for i, label in enumerate(labels or ()):
+        row, col = divmod(i, nrow)
+        x, y = pad + col * (width + pad), pad + row * (height + pad)
+        ax.text(
+            x + 1, y + 1, label, color="#c0392b", fontsize=8, va="top", ha="left", weight="bold"
+        )
+    ax.set(xticks=[], yticks=[], title=title or "")
+    return ax
+
+
+def plot_episode(
+    x_support: Tensor,
+    y_support: Tensor,
+    x_query: Tensor,
+    y_query: Tensor,
+    *,
+    axes: Sequence[Axes] | None = None,
+    max_query: int = 5,
+) -> Sequence[Axes]:
+    """One episode as two grids, one row per class: the support, then some queries.
+
+    Args:
+        x_support: ``(n_way * k_shot, 1, h, w)``, grouped by label as the sampler gives it.
+        y_support: ``(n_way * k_shot,)``.
+        x_query, y_query: the same for the query set.
+        axes: two axes (support, query); new ones when None.
+        max_query: query images shown per class.
+
+    Returns:
+        The two axes.
+    """
+    if axes is None:
+        axes = plt.subplots(1, 2, figsize=(9, 4), width_ratios=(1, 1.4))[1]
+    n_way = int(y_support.max()) + 1
+    k_shot = len(y_support) // n_way
+    k_query = len(y_query) // n_way
+    shown = min(k_query, max_query)
+    keep = torch.arange(len(y_query)).view(n_way, k_query)[:, :shown].flatten()
+    plot_images(
+        x_support,
+        nrow=k_shot,
+        ax=axes[0],
+        labels=[str(int(y)) for y in y_support],
+        title=f"support: {n_way}-way {k_shot}-shot",
+    )
+    plot_images(
+        x_query[keep],
+        nrow=shown,
+        ax=axes[1],
+        labels=[str(int(y)) for y in y_query[keep]],
+        title=f"query: {shown} of {k_query} per class",
+    )
+    return axes

@@ -5,6 +5,10 @@ sinusoid task as the reader moves sliders for K, inner steps, the inner learning
 the task's amplitude and phase, and the range the support points are drawn from. The
 figure is rendered to PNG into an ``ipywidgets.Image``, so the panel works (and is
 tested) without a browser. Used in ``notebooks/02_maml_sinusoid.ipynb``.
+
+:class:`EpisodePanel` draws Omniglot episodes with the n_way, k_shot and k_query the
+reader picks, and a new one at each press of its button. Used in
+``notebooks/04_omniglot_episodes.ipynb``.
 """
 
 from __future__ import annotations
@@ -22,8 +26,11 @@ from torch.func import functional_call
 
 from metalib.algorithms import maml
 from metalib.algorithms.maml import InnerLr
+from metalib.data.episodes import EpisodeSampler
+from metalib.data.omniglot import Omniglot
+from metalib.data.splits import ClassSplit
 from metalib.models import parameters_of
-from metalib.plotting import plot_adaptation
+from metalib.plotting import plot_adaptation, plot_episode
 from metalib.recipes import Learner
 from metalib.tasks import SinusoidTasks
 
@@ -31,6 +38,13 @@ from metalib.tasks import SinusoidTasks
 def _slider(kind, description: str, **kw) -> widgets.Widget:
     style = {"description_width": "initial"}
     return kind(description=description, continuous_update=False, style=style, **kw)
+
+
+def _png(figure: Figure) -> bytes:
+    figure.tight_layout()
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png")
+    return buffer.getvalue()
 
 
 class AdaptationPanel:
@@ -184,10 +198,7 @@ class AdaptationPanel:
             ax.set(title=name, ylim=(-5.5, 5.5))
         for ax in list(axes.flat)[len(names) :]:
             ax.set_visible(False)
-        figure.tight_layout()
-        buffer = io.BytesIO()
-        figure.savefig(buffer, format="png")
-        self.image.value = buffer.getvalue()
+        self.image.value = _png(figure)
         learned = [
             n
             for n in self.models
@@ -198,4 +209,56 @@ class AdaptationPanel:
         self.summary.value = (
             f"K={s['k_shot']}, {s['inner_steps']} inner steps, α={s['inner_lr']:.3f}{note} "
             f"→ query MSE {scores}"
+        )
+
+
+class EpisodePanel:
+    """Sliders for ``n_way``, ``k_shot`` and ``k_query``, and a button for a new episode.
+
+    Args:
+        dataset: from :func:`metalib.data.omniglot.load`.
+        classes: the split to draw from (:func:`metalib.data.splits.class_split`).
+        seed: seeds the first episode; each press of "new episode" draws the next one.
+
+    Attributes:
+        widget: the panel to display.
+        controls: ``n_way``, ``k_shot``, ``k_query`` sliders and the ``new`` button.
+        summary: an HTML line naming the episode's classes.
+        image: the rendered support and query grids.
+        episode: the :class:`metalib.data.episodes.Episodes` on display (one task).
+    """
+
+    def __init__(self, dataset: Omniglot, classes: ClassSplit, *, seed: int = 0) -> None:
+        self.dataset, self.classes = dataset, classes
+        self.generator = torch.Generator().manual_seed(seed)
+        self.controls = {
+            "n_way": _slider(widgets.IntSlider, "n_way", value=5, min=2, max=min(20, len(classes))),
+            "k_shot": _slider(widgets.IntSlider, "k_shot", value=1, min=1, max=10),
+            "k_query": _slider(widgets.IntSlider, "k_query", value=5, min=1, max=10),
+            "new": widgets.Button(description="new episode", icon="refresh"),
+        }
+        self.summary = widgets.HTML()
+        self.image = widgets.Image(format="png")
+        for name in ("n_way", "k_shot", "k_query"):
+            self.controls[name].observe(lambda _: self.redraw(), names="value")
+        self.controls["new"].on_click(lambda _: self.redraw())
+        sliders = widgets.HBox([self.controls[n] for n in ("n_way", "k_shot", "k_query", "new")])
+        self.widget = widgets.VBox([sliders, self.summary, self.image])
+        self.redraw()
+
+    def redraw(self) -> None:
+        """Draw a new episode with the current slider values."""
+        n_way, k_shot, k_query = (self.controls[n].value for n in ("n_way", "k_shot", "k_query"))
+        sampler = EpisodeSampler(
+            self.dataset, self.classes, n_way=n_way, k_shot=k_shot, k_query=k_query
+        )
+        classes, drawers = sampler.sample_indices(1, generator=self.generator)
+        self.episode = sampler.gather(classes, drawers)
+        figure = Figure(figsize=(3 + 1.2 * (k_shot + min(k_query, 5)), 1 + 0.75 * n_way), dpi=80)
+        axes = figure.subplots(1, 2, width_ratios=(k_shot, min(k_query, 5)))
+        plot_episode(*(t[0] for t in self.episode), axes=axes)
+        self.image.value = _png(figure)
+        names = sampler.class_names(classes[0], self.dataset)
+        self.summary.value = "classes: " + " · ".join(
+            f"<b>{label}</b> {name}" for label, name in enumerate(names)
         )

@@ -3,6 +3,7 @@ import matplotlib
 matplotlib.use("Agg")
 
 import matplotlib.pyplot as plt
+import pytest
 import torch
 
 from metalib import plotting
@@ -34,3 +35,31 @@ def test_plot_without_axes_makes_a_figure():
     ax = plotting.plot_task(held_out_tasks(2))
     assert ax.figure is not None
     plt.close(ax.figure)
+
+
+def test_plot_images_draws_a_grid_with_labels():
+    images = torch.zeros(6, 1, 28, 28)
+    images[:, :, 10:18, 10:18] = 1  # ink in the middle of each image
+    fig, ax = plt.subplots()
+    assert plotting.plot_images(images, nrow=3, ax=ax, labels=list("abcdef")) is ax
+    grid = ax.images[0].get_array()
+    assert grid.shape == (2 * 30 + 2, 3 * 30 + 2)  # make_grid pads 2 pixels around each image
+    assert grid[2 + 14, 2 + 14] == 1 and grid[2, 2] == 0
+    assert [t.get_text() for t in ax.texts] == list("abcdef")
+    plt.close(fig)
+
+
+def test_plot_images_wants_one_label_per_image():
+    with pytest.raises(ValueError, match="2 labels for 3 images"):
+        plotting.plot_images(torch.zeros(3, 28, 28, dtype=torch.uint8), labels=["a", "b"])
+
+
+def test_plot_episode_shows_support_and_some_queries():
+    y_support = torch.arange(3).repeat_interleave(2)
+    y_query = torch.arange(3).repeat_interleave(8)
+    axes = plotting.plot_episode(
+        torch.rand(6, 1, 28, 28), y_support, torch.rand(24, 1, 28, 28), y_query
+    )
+    assert [t.get_text() for t in axes[0].texts] == ["0", "0", "1", "1", "2", "2"]
+    assert len(axes[1].texts) == 3 * 5 and axes[1].get_title() == "query: 5 of 8 per class"
+    plt.close(axes[0].figure)

@@ -65,3 +65,34 @@ def test_learners_adapt_as_trained_and_the_method_picker_redraws():
     before = panel.mse()["Meta-SGD"]
     panel.controls["inner_lr"].value = 0.1  # Meta-SGD's learned step sizes do not move
     assert panel.mse()["Meta-SGD"] == before
+
+
+@pytest.fixture
+def episode_panel(small_omniglot, tmp_path):
+    from metalib.data import omniglot, splits
+    from metalib.widgets import EpisodePanel
+
+    data_dir, specs = small_omniglot
+    data = omniglot.load(data_dir, cache_dir=tmp_path / "cache", download=False, specs=specs)
+    return EpisodePanel(data, splits.class_split(data, scheme="lake", split="train"))
+
+
+@pytest.mark.parametrize(("name", "value"), [("n_way", 3), ("k_shot", 4), ("k_query", 2)])
+def test_episode_sliders_change_the_episode(episode_panel, name, value):
+    image = episode_panel.image.value
+    assert image[:4] == b"\x89PNG" and episode_panel.episode.x_support.shape == (1, 5, 1, 28, 28)
+    episode_panel.controls[name].value = value
+    assert episode_panel.image.value != image
+    x_support, y_support, x_query, _ = episode_panel.episode
+    n_way, k_shot, k_query = (
+        episode_panel.controls[n].value for n in ("n_way", "k_shot", "k_query")
+    )
+    assert x_support.shape[1] == n_way * k_shot and x_query.shape[1] == n_way * k_query
+    assert y_support.max() == n_way - 1
+
+
+def test_new_episode_button_draws_other_classes(episode_panel):
+    summary, support = episode_panel.summary.value, episode_panel.episode.x_support
+    episode_panel.controls["new"].click()
+    assert episode_panel.summary.value != summary and summary.count("character") == 5
+    assert not torch.equal(episode_panel.episode.x_support, support)
