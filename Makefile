@@ -6,6 +6,14 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.metalib-installed
 CELL_TIMEOUT ?= 300
 NOTEBOOKS := $(sort $(wildcard notebooks/[0-9][0-9]_*.ipynb))
+# Data settings (README, "Settings"): a relative METALIB_DATA or METALIB_CACHE given to make
+# is made absolute, because notebooks run with notebooks/ as their working directory.
+ifdef METALIB_DATA
+override export METALIB_DATA := $(abspath $(METALIB_DATA))
+endif
+ifdef METALIB_CACHE
+override export METALIB_CACHE := $(abspath $(METALIB_CACHE))
+endif
 # Jupyter refuses to run as root (containers often do) unless told it may.
 LAB_ARGS ?= $(if $(filter 0,$(shell id -u)),--allow-root,)
 

@@ -254,7 +254,9 @@ class EpisodePanel:
         )
         classes, drawers = sampler.sample_indices(1, generator=self.generator)
         self.episode = sampler.gather(classes, drawers)
-        figure = Figure(figsize=(3 + 1.2 * (k_shot + min(k_query, 5)), 1 + 0.75 * n_way), dpi=80)
+        figure = Figure(
+            figsize=(2.5 + 0.55 * (k_shot + min(k_query, 5)), 0.9 + 0.55 * n_way), dpi=80
+        )
         axes = figure.subplots(1, 2, width_ratios=(k_shot, min(k_query, 5)))
         plot_episode(*(t[0] for t in self.episode), axes=axes)
         self.image.value = _png(figure)
