@@ -22,7 +22,7 @@ from metalib import checkpoints, runtime
 from metalib.algorithms import maml, meta_sgd, pretrain, reptile
 from metalib.models import SinusoidMLP, parameters_of
 from metalib.tasks import SinusoidTasks, TaskBatch
-from metalib.training import Callback, Curve, History, evaluate, train_loop
+from metalib.training import SCHEDULES, Callback, Curve, History, evaluate, train_loop
 
 METHODS = ("maml", "fomaml", "reptile", "meta-sgd", "anil", "pretrain")
 # What differs from the shared defaults, per method (see each module for why).
@@ -53,6 +53,7 @@ class SinusoidConfig:
     inner_lr: float = 0.01
     inner_steps: int = 1
     outer_lr: float = 5e-3
+    outer_lr_schedule: str = "constant"
     first_order: bool = False
     hidden: tuple[int, ...] = (40, 40)
     seed: int = 0
@@ -68,6 +69,10 @@ class SinusoidConfig:
         maml.check_hyperparameters(inner_lr=self.inner_lr, inner_steps=self.inner_steps)
         if not (isinstance(self.outer_lr, int | float) and 0 < self.outer_lr < float("inf")):
             raise ValueError(f"outer_lr={self.outer_lr!r} must be a finite positive number.")
+        if self.outer_lr_schedule not in SCHEDULES:
+            raise ValueError(
+                f"outer_lr_schedule={self.outer_lr_schedule!r} must be one of {SCHEDULES}."
+            )
         if self.seed < 0:
             raise ValueError(f"seed={self.seed!r} must be >= 0.")
         if self.method == "fomaml" and not self.first_order:
@@ -202,6 +207,7 @@ def train_sinusoid(
         trainable,
         meta_steps=config.meta_steps,
         outer_lr=config.outer_lr,
+        outer_lr_schedule=config.outer_lr_schedule,
         callback=callback,
         progress=progress,
         description=config.recipe,

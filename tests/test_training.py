@@ -1,3 +1,4 @@
+import itertools
 import math
 
 import pytest
@@ -42,6 +43,36 @@ def test_train_loop_bad_input(kwargs):
         ValueError, match=next(iter(kwargs)) if "outer_lr" not in kwargs else "outer_lr"
     ):
         train_loop(lambda s: w.sum(), {"w": w}, progress=False, **kwargs)
+
+
+@pytest.mark.parametrize(
+    ("schedule", "last_over_first"), [("constant", (0.9, 1.1)), ("cosine", (0, 0.05))]
+)
+def test_outer_lr_schedule_shapes_the_step_sizes(schedule, last_over_first):
+    w = torch.zeros(1, requires_grad=True)
+    seen = [0.0]
+    train_loop(
+        lambda s: (w - 100).pow(2).sum(),  # far minimum: Adam's steps are about outer_lr each
+        {"w": w},
+        meta_steps=10,
+        outer_lr=0.1,
+        outer_lr_schedule=schedule,
+        callback=lambda s, loss: seen.append(w.item()) and False,
+        progress=False,
+    )
+    moves = [b - a for a, b in itertools.pairwise(seen)]
+    low, high = last_over_first
+    assert low <= moves[-1] / moves[0] <= high
+
+
+def test_unknown_outer_lr_schedule_is_refused():
+    w = torch.zeros(1, requires_grad=True)
+    with pytest.raises(ValueError, match="outer_lr_schedule='step'"):
+        train_loop(
+            lambda s: w.sum(), {"w": w}, meta_steps=1, outer_lr_schedule="step", progress=False
+        )
+    with pytest.raises(ValueError, match="outer_lr_schedule='linear'"):
+        SinusoidConfig(outer_lr_schedule="linear")
 
 
 def test_mean_ci95_matches_the_formula():
