@@ -2,14 +2,30 @@
 
 ``SinusoidMLP`` is the regression network of MAML (Finn et al. 2017, section 5.1): two
 hidden layers of 40 units with ReLU, 1 input, 1 output. Taught in
-``notebooks/02_maml_sinusoid.ipynb``. Models are plain ``nn.Module``s; algorithms run them
-through ``torch.func.functional_call`` with a parameter dict.
+``notebooks/02_maml_sinusoid.ipynb``.
+
+``ConvNet`` is the few-shot image classifier of Vinyals et al. (2016) as MAML uses it on
+Omniglot (Finn et al. 2017, section 5.2): four blocks of 3×3 convolution with 64 filters,
+batch norm and ReLU, downsampling by stride-2 convolutions (the paper's Omniglot choice)
+or by 2×2 max-pooling, the feature map averaged over space, and a linear head with
+``n_way`` outputs. Its batch norm is transductive: it always normalises with the
+statistics of the batch it is given (a task's support set, or its query set) and keeps no
+running statistics, as in the paper; this keeps it a pure function of its parameters,
+which ``vmap`` over tasks needs. It is written from elementary operations
+(:class:`TransductiveBatchNorm2d`) rather than with ``nn.BatchNorm2d``: under ``vmap``,
+the second derivative through PyTorch's fused batch-norm kernel differs from the
+per-task result (by 6e-4 in float64 on a 3-task check, ``tests/test_models.py``; see
+pytorch/functorch#534), which would silently corrupt second-order MAML.
+
+Models are plain ``nn.Module``s; algorithms run them through
+``torch.func.functional_call`` with a parameter dict.
 """
 
 from __future__ import annotations
 
 import itertools
 
+import torch
 from torch import Tensor, nn
 
 
@@ -39,6 +55,71 @@ class SinusoidMLP(nn.Module):
         return self.net(x)
 
 
+class TransductiveBatchNorm2d(nn.Module):
+    """Batch norm with the statistics of the current batch only, from elementary ops.
+
+    ``y = (x - mean) / sqrt(var + eps) * weight + bias``, with the mean and the (biased)
+    variance of each channel over the batch and both spatial dimensions. The forward
+    pass equals ``nn.BatchNorm2d(channels, track_running_stats=False)``.
+    """
+
+    def __init__(self, channels: int, *, eps: float = 1e-5) -> None:
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(channels))
+        self.bias = nn.Parameter(torch.zeros(channels))
+
+    def forward(self, x: Tensor) -> Tensor:
+        mean = x.mean(dim=(0, 2, 3), keepdim=True)  # (1, channels, 1, 1)
+        var = (x - mean).pow(2).mean(dim=(0, 2, 3), keepdim=True)  # (1, channels, 1, 1)
+        scale = self.weight[:, None, None] * torch.rsqrt(var + self.eps)
+        return (x - mean) * scale + self.bias[:, None, None]
+
+
+class ConvNet(nn.Module):
+    """Four conv-BN-ReLU blocks and a linear head: ``(n, 1, 28, 28)`` → ``(n, n_way)`` logits.
+
+    Args:
+        n_way: classes per episode (outputs of the head).
+        channels: input channels (1 for Omniglot).
+        hidden: filters per convolution (64 in the papers).
+        downsample: ``"stride"`` (stride-2 convolutions, MAML's Omniglot network) or
+            ``"maxpool"`` (stride-1 convolutions, then 2×2 max-pooling).
+    """
+
+    def __init__(
+        self, n_way: int, *, channels: int = 1, hidden: int = 64, downsample: str = "stride"
+    ) -> None:
+        super().__init__()
+        for name, value in (("n_way", n_way), ("channels", channels), ("hidden", hidden)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name}={value!r} must be a positive integer.")
+        if downsample not in ("stride", "maxpool"):
+            raise ValueError(f"downsample={downsample!r} must be 'stride' or 'maxpool'.")
+        self.n_way, self.downsample = n_way, downsample
+        blocks: list[nn.Module] = []
+        for i in range(4):
+            stride = 2 if downsample == "stride" else 1
+            blocks += [
+                nn.Conv2d(channels if i == 0 else hidden, hidden, 3, stride=stride, padding=1),
+                TransductiveBatchNorm2d(hidden),
+                nn.ReLU(),
+            ]
+            if downsample == "maxpool":
+                blocks.append(nn.MaxPool2d(2, ceil_mode=True))
+        self.features = nn.Sequential(*blocks)
+        self.head = nn.Linear(hidden, n_way)
+
+    def head_names(self) -> tuple[str, ...]:
+        """Names of the head's parameters (what ANIL adapts)."""
+        return ("head.weight", "head.bias")
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Map ``(n, channels, 28, 28)`` images to ``(n, n_way)`` logits."""
+        features = self.features(x)  # (n, hidden, 2, 2) for 28×28 inputs
+        return self.head(features.mean(dim=(-2, -1)))  # (n, n_way)
+
+
 def parameters_of(model: nn.Module) -> dict[str, Tensor]:
     """The model's parameters as the dict that :func:`metalib.algorithms.maml.adapt` takes."""
     return {name: p for name, p in model.named_parameters()}
@@ -49,4 +130,4 @@ def clone_parameters(params: dict[str, Tensor], *, requires_grad: bool = True) -
     return {k: v.detach().clone().requires_grad_(requires_grad) for k, v in params.items()}
 
 
-__all__ = ["SinusoidMLP", "clone_parameters", "parameters_of"]
+__all__ = ["ConvNet", "SinusoidMLP", "clone_parameters", "parameters_of"]

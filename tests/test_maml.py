@@ -11,13 +11,14 @@ from metalib.algorithms import maml
 from metalib.models import SinusoidMLP, clone_parameters, parameters_of
 from metalib.tasks import SinusoidTasks
 
-torch.set_default_dtype(torch.float64)  # oracle comparisons in double precision
-
 
 @pytest.fixture(autouse=True, scope="module")
 def _float64():
+    """Oracle comparisons in double precision, for this module's tests only."""
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
     yield
-    torch.set_default_dtype(torch.float32)
+    torch.set_default_dtype(previous)
 
 
 def make(seed=0, n_tasks=4, k_shot=5, k_query=7):

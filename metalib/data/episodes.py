@@ -27,6 +27,17 @@ class Episodes(NamedTuple):
     x_query: torch.Tensor  # (tasks, n_way * k_query, 1, 28, 28)
     y_query: torch.Tensor  # (tasks, n_way * k_query)
 
+    @property
+    def support(self) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.x_support, self.y_support
+
+    @property
+    def query(self) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.x_query, self.y_query
+
+    def __len__(self) -> int:  # the number of tasks, not of fields, as for TaskBatch
+        return self.x_support.shape[0]
+
 
 def _check_int(name: str, value: object, low: int, high: int | None = None) -> int:
     if (
