@@ -55,6 +55,9 @@ def train_loop(
     callback: Callback | None = None,
     progress: bool = True,
     description: str = "meta-training",
+    resume: dict | None = None,
+    save_state: Callable[[dict], None] | None = None,
+    save_every: int = 200,
 ) -> History:
     """Minimise ``step_loss`` over ``meta_steps`` outer steps of Adam on ``params``.
 
@@ -68,6 +71,12 @@ def train_loop(
             "SGDR", ICLR 2017), which reaches a lower loss in a fixed number of steps.
         callback: called as ``callback(step, loss)`` after each step; True stops training.
         progress: show a ``tqdm`` progress bar.
+        resume: a state given earlier to ``save_state``: training continues from its step
+            with its optimiser state and history (``params`` must hold the parameters
+            saved with it; the caller restores those and its sampling generator).
+        save_state: called with the loop's state (``step``, ``optimizer``,
+            ``schedule``, ``losses``, ``seconds``) every ``save_every`` steps, at the end,
+            and when training is interrupted (``KeyboardInterrupt``), before re-raising.
 
     Raises:
         FloatingPointError: when the loss is NaN or infinite, naming the step.
@@ -87,9 +96,49 @@ def train_loop(
         if outer_lr_schedule == "cosine"
         else None
     )
-    history = History()
-    start = time.perf_counter()
-    bar = tqdm(range(meta_steps), desc=description, disable=not progress, mininterval=0.5)
+    if isinstance(save_every, bool) or not isinstance(save_every, int) or save_every < 1:
+        raise ValueError(f"save_every={save_every!r} must be an integer >= 1.")
+    history, first = History(), 0
+    if resume is not None:
+        optimizer.load_state_dict(resume["optimizer"])
+        if schedule is not None:
+            schedule.load_state_dict(resume["schedule"])
+        history = History(losses=list(resume["losses"]), seconds=resume["seconds"])
+        first = resume["step"]
+    start = time.perf_counter() - history.seconds
+
+    def state(step: int) -> dict:
+        return {
+            "step": step,
+            "optimizer": optimizer.state_dict(),
+            "schedule": None if schedule is None else schedule.state_dict(),
+            "losses": list(history.losses),
+            "seconds": time.perf_counter() - start,
+        }
+
+    bar = tqdm(
+        range(first, meta_steps),
+        desc=description,
+        disable=not progress,
+        mininterval=0.5,
+        initial=first,
+        total=meta_steps,
+    )
+    try:
+        _run(step_loss, optimizer, schedule, history, bar, callback, save_state, save_every, state)
+    except KeyboardInterrupt:
+        if save_state is not None:
+            save_state(state(len(history.losses)))
+        raise
+    bar.close()
+    history.seconds = time.perf_counter() - start
+    if save_state is not None:
+        save_state(state(len(history.losses)))
+    return history
+
+
+def _run(step_loss, optimizer, schedule, history, bar, callback, save_state, save_every, state):
+    """The body of :func:`train_loop`: one Adam step per iteration of ``bar``."""
     for step in bar:
         loss = step_loss(step)
         value = float(loss.detach())
@@ -103,14 +152,13 @@ def train_loop(
         if schedule is not None:
             schedule.step()
         history.losses.append(value)
-        if progress and step % 100 == 0:
+        if not bar.disable and step % 100 == 0:
             bar.set_postfix(loss=f"{value:.3f}", refresh=False)
+        if save_state is not None and (step + 1) % save_every == 0:
+            save_state(state(step + 1))
         if callback is not None and callback(step, value):
             history.stopped_early = True
             break
-    bar.close()
-    history.seconds = time.perf_counter() - start
-    return history
 
 
 @dataclass(frozen=True)
@@ -165,20 +213,29 @@ def losses_by_step(
     max_steps: int = 10,
     adapt_only: Collection[str] | None = None,
     chunk: int = 500,
+    metric_fn: Callable[[Tensor, Tensor], Tensor] | None = None,
 ) -> Tensor:
     """Query loss of every task after 0, 1, ..., ``max_steps`` inner steps.
 
+    Args:
+        tasks: a :class:`~metalib.tasks.TaskBatch` or
+            :class:`~metalib.data.episodes.Episodes` (anything with ``support``,
+            ``query``, and tensors whose first dimension is the task).
+        metric_fn: what to score the query set with (default: ``loss_fn``), e.g.
+            :func:`accuracy` for classification; adaptation always uses ``loss_fn``.
+
     Returns:
-        ``(max_steps + 1, tasks)``: row ``s`` is the loss after ``s`` steps of
+        ``(max_steps + 1, tasks)``: row ``s`` is the metric after ``s`` steps of
         :func:`~metalib.algorithms.maml.adapt` on the task's support set.
     """
     maml.check_hyperparameters(inner_lr=inner_lr, inner_steps=max_steps)
     frozen = {k: v.detach() for k, v in params.items()}
+    score = loss_fn if metric_fn is None else metric_fn
 
     def one(xs: Tensor, ys: Tensor, xq: Tensor, yq: Tensor) -> Tensor:
         adapted, out = frozen, []
         for step in range(max_steps + 1):
-            out.append(loss_fn(functional_call(model, adapted, (xq,)), yq))
+            out.append(score(functional_call(model, adapted, (xq,)), yq))
             if step < max_steps:
                 adapted = maml.adapt(
                     model,
@@ -194,10 +251,15 @@ def losses_by_step(
 
     pieces = []
     for lo in range(0, len(tasks), chunk):
-        part = TaskBatch(*(t[lo : lo + chunk] for t in tasks))
+        part = type(tasks)(*(t[lo : lo + chunk] for t in tasks))
         with torch.no_grad():
             pieces.append(vmap(one)(*part.support, *part.query))  # (chunk, max_steps + 1)
     return torch.cat(pieces).T.detach()
+
+
+def accuracy(logits: Tensor, labels: Tensor) -> Tensor:
+    """The fraction of ``(n, classes)`` logits whose argmax is the ``(n,)`` label."""
+    return (logits.argmax(dim=-1) == labels).float().mean()
 
 
 def evaluate(
@@ -209,8 +271,9 @@ def evaluate(
     inner_lr: maml.InnerLr = 0.01,
     max_steps: int = 10,
     adapt_only: Collection[str] | None = None,
+    metric_fn: Callable[[Tensor, Tensor], Tensor] | None = None,
 ) -> Curve:
-    """Mean query loss with 95% interval over ``tasks`` after 0..``max_steps`` steps."""
+    """Mean query loss (or ``metric_fn``) with 95% interval after 0..``max_steps`` steps."""
     per_task = losses_by_step(
         model,
         params,
@@ -219,6 +282,7 @@ def evaluate(
         inner_lr=inner_lr,
         max_steps=max_steps,
         adapt_only=adapt_only,
+        metric_fn=metric_fn,
     )
     mean, ci = mean_ci95(per_task.T)
     diverged = (~torch.isfinite(per_task) | (per_task > DIVERGED)).sum(1)

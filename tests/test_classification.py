@@ -1,0 +1,157 @@
+"""Omniglot MAML recipes on the generated tiny archive: training, resume, evaluation, files."""
+
+import pytest
+import torch
+
+from metalib import classification
+from metalib.classification import OmniglotConfig
+from metalib.data import omniglot
+
+
+@pytest.fixture
+def tiny(small_omniglot, tmp_path):
+    data_dir, specs = small_omniglot
+    return omniglot.load(data_dir, cache_dir=tmp_path / "cache", download=False, specs=specs)
+
+
+def tiny_config(**overrides):
+    # lake: 20 training classes (5 characters x 4 rotations), 8 test classes
+    base = {"scheme": "lake", "meta_batch_size": 4, "k_query": 3, "meta_steps": 6, "seed": 0}
+    return OmniglotConfig(**{**base, **overrides})
+
+
+def test_paper_settings():
+    five = OmniglotConfig.paper(5, 1)
+    assert (five.inner_lr, five.inner_steps, five.test_inner_steps, five.meta_batch_size) == (
+        0.4,
+        1,
+        3,
+        32,
+    )
+    twenty = OmniglotConfig.paper(20, 5)
+    assert (
+        twenty.inner_lr,
+        twenty.inner_steps,
+        twenty.test_inner_steps,
+        twenty.meta_batch_size,
+    ) == (0.1, 5, 5, 16)
+    assert twenty.k_shot == 5 and five.meta_steps == 60_000 and five.outer_lr == 1e-3
+    with pytest.raises(ValueError, match="n_way=10"):
+        OmniglotConfig.paper(10, 1)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"n_way": 1}, "n_way=1"),
+        ({"k_shot": 0}, "k_shot=0"),
+        ({"method": "reptile"}, "method='reptile'"),
+        ({"method": "fomaml"}, "first-order by definition"),
+        ({"scheme": "omniglot"}, "scheme='omniglot'"),
+        ({"inner_lr": float("nan")}, "inner_lr=nan"),
+        ({"downsample": "avg"}, "downsample='avg'"),
+    ],
+)
+def test_bad_config(overrides, message):
+    with pytest.raises(ValueError, match=message):
+        OmniglotConfig(**overrides)
+
+
+def test_training_beats_chance(tiny):
+    config = tiny_config(meta_steps=25, meta_batch_size=8, outer_lr=3e-3)
+    trained = classification.train_omniglot(config, data=tiny, device="cpu", progress=False)
+    sampler = classification.sampler_for(tiny, config, split="train", k_query=5)
+    curve = classification.evaluate_omniglot(
+        trained.model, trained.params, sampler, n_episodes=60, max_steps=3
+    )
+    assert len(curve.mean) == 4 and curve.n_tasks == 60
+    # Chance is 0.2; 60 episodes x 25 queries give a standard deviation of about 0.01.
+    assert curve.mean[3] > 0.3 and curve.mean[3] > curve.mean[0], curve.mean
+
+
+def test_resume_after_ctrl_c_gives_the_uninterrupted_result(tiny, tmp_path):
+    config = tiny_config()
+    straight = classification.train_omniglot(config, data=tiny, device="cpu", progress=False)
+
+    def interrupt_at_step_2(step, loss):
+        if step == 2:
+            raise KeyboardInterrupt
+
+    state = tmp_path / "run.resume.pt"
+    with pytest.raises(KeyboardInterrupt):
+        classification.train_omniglot(
+            config,
+            data=tiny,
+            device="cpu",
+            progress=False,
+            resume_path=state,
+            callback=interrupt_at_step_2,
+        )
+    assert state.is_file()
+    resumed = classification.train_omniglot(
+        config, data=tiny, device="cpu", progress=False, resume_path=state
+    )
+    assert resumed.history.losses == straight.history.losses
+    assert all(torch.equal(resumed.params[k], straight.params[k]) for k in straight.params)
+
+
+def test_resume_after_a_kill_restarts_from_the_last_periodic_save(tiny, tmp_path):
+    config = tiny_config()
+    straight = classification.train_omniglot(config, data=tiny, device="cpu", progress=False)
+
+    def crash_at_step_4(step, loss):
+        if step == 4:
+            raise RuntimeError("killed")  # not Ctrl-C: nothing is saved on the way out
+
+    state = tmp_path / "run.resume.pt"
+    with pytest.raises(RuntimeError, match="killed"):
+        classification.train_omniglot(
+            config,
+            data=tiny,
+            progress=False,
+            device="cpu",
+            resume_path=state,
+            save_every=2,
+            callback=crash_at_step_4,
+        )
+    assert torch.load(state, weights_only=True)["loop"]["step"] == 4  # saved after steps 2 and 4
+    resumed = classification.train_omniglot(
+        config, data=tiny, device="cpu", progress=False, resume_path=state
+    )
+    assert all(torch.equal(resumed.params[k], straight.params[k]) for k in straight.params)
+
+
+def test_resume_refuses_another_configuration(tiny, tmp_path):
+    state = tmp_path / "run.resume.pt"
+    classification.train_omniglot(
+        tiny_config(meta_steps=2), data=tiny, device="cpu", progress=False, resume_path=state
+    )
+    with pytest.raises(ValueError, match="another configuration"):
+        classification.train_omniglot(
+            tiny_config(meta_steps=2, inner_lr=0.1),
+            data=tiny,
+            device="cpu",
+            progress=False,
+            resume_path=state,
+        )
+
+
+def test_checkpoint_round_trip_and_clear_errors(tiny, tmp_path):
+    config = tiny_config(meta_steps=2)
+    trained = classification.train_omniglot(config, data=tiny, device="cpu", progress=False)
+    pt_path, _ = classification.save_classifier(
+        trained, tmp_path / "maml", metrics={}, command="test"
+    )
+    loaded_config, model, params = classification.load_classifier(pt_path)
+    assert loaded_config == config
+    assert all(torch.equal(params[k], trained.params[k]) for k in params)
+
+    twenty_way = classification.sampler_for(tiny, tiny_config(n_way=8), split="test")
+    with pytest.raises(ValueError, match="8-way: evaluate it with n_way=5"):
+        classification.evaluate_omniglot(model, params, twenty_way, n_episodes=4)
+
+    payload = bytearray(pt_path.read_bytes())
+    payload[len(payload) // 2] ^= 0xFF
+    pt_path.write_bytes(bytes(payload))
+    with pytest.raises(ValueError, match="does not match its sidecar"):
+        classification.load_classifier(pt_path)
