@@ -15,12 +15,13 @@ object each.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import shlex
 import sys
 from collections.abc import Sequence
 
-from metalib import runtime
+from metalib import checkpoints, classification, runtime
 from metalib.data import omniglot, splits
 from metalib.recipes import (
     SinusoidConfig,
@@ -37,6 +38,8 @@ RECIPES = {
     "sinusoid-meta-sgd": "Meta-SGD (Li et al. 2017): learned per-weight inner step sizes",
     "sinusoid-anil": "ANIL (Raghu et al. 2020): only the last layer adapts, 5 inner steps",
     "sinusoid-pretrain": "the paper's baseline: one network regressed on all tasks",
+    "maml-omniglot": "MAML on Omniglot (Finn et al. 2017, section 5.2), the paper's settings",
+    "fomaml-omniglot": "first-order MAML on Omniglot",
 }
 REPORT_STEPS = (0, 1, 5, 10)
 
@@ -94,6 +97,25 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument(
         "--first-order", action="store_true", help="drop second-order terms (MAML, Meta-SGD, ANIL)"
     )
+    omniglot_flags = train.add_argument_group("Omniglot recipes")
+    omniglot_flags.add_argument(
+        "--n-way", type=_positive_int, default=None, help="classes per episode (default: 5)"
+    )
+    omniglot_flags.add_argument(
+        "--split", choices=splits.SCHEMES, default=None, help="class split (default: vinyals)"
+    )
+    omniglot_flags.add_argument(
+        "--episodes",
+        type=_positive_int,
+        default=None,
+        help="test episodes for the accuracy in the sidecar (default: 600)",
+    )
+    omniglot_flags.add_argument(
+        "--save-every",
+        type=_positive_int,
+        default=None,
+        help="steps between saves of PATH.resume.pt; rerun the same command to resume",
+    )
     train.add_argument("--device", default=None, help="cuda, mps or cpu (default: automatic)")
     train.add_argument("--no-progress", action="store_true", help="hide the progress bar")
 
@@ -107,14 +129,27 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument(
         "--k-shot",
         type=_positive_int,
-        default=5,
-        help="support points per test task (default: %(default)s)",
+        default=None,
+        help="support points (sinusoid, default 5) or images per class (Omniglot, default: "
+        "the checkpoint's) per test task",
+    )
+    evaluate.add_argument(
+        "--n-way",
+        type=_positive_int,
+        default=None,
+        help="Omniglot: classes per test episode (default and only valid value: the checkpoint's)",
+    )
+    evaluate.add_argument(
+        "--episodes",
+        type=_positive_int,
+        default=600,
+        help="Omniglot: number of test episodes (default: %(default)s)",
     )
     evaluate.add_argument(
         "--tasks",
         type=_positive_int,
         default=1000,
-        help="number of test tasks (default: %(default)s)",
+        help="sinusoid: number of test tasks (default: %(default)s)",
     )
     evaluate.add_argument(
         "--inner-lr", type=float, default=None, help="inner step size (default: the checkpoint's)"
@@ -159,6 +194,11 @@ def _data(args: argparse.Namespace) -> dict:
 
 
 def _train(args: argparse.Namespace, argv: Sequence[str]) -> dict:
+    for flag in ("n_way", "split", "save_every", "episodes"):
+        if getattr(args, flag) is not None:
+            raise ValueError(
+                f"--{flag.replace('_', '-')} applies to Omniglot recipes, not {args.recipe}."
+            )
     names = (
         "meta_steps",
         "meta_batch_size",
@@ -193,7 +233,108 @@ def _train(args: argparse.Namespace, argv: Sequence[str]) -> dict:
     }
 
 
+def _train_omniglot(args: argparse.Namespace, argv: Sequence[str]) -> dict:
+    names = (
+        "meta_steps",
+        "meta_batch_size",
+        "k_query",
+        "inner_steps",
+        "inner_lr",
+        "outer_lr",
+        "seed",
+    )
+    overrides = {n: getattr(args, n) for n in names if getattr(args, n) is not None}
+    method = args.recipe.removesuffix("-omniglot")
+    if args.first_order or method == "fomaml":
+        overrides["first_order"] = True
+    config = classification.OmniglotConfig.paper(
+        args.n_way or 5,
+        args.k_shot or 1,
+        method=method,
+        scheme=args.split or "vinyals",
+        **overrides,
+    )
+    device = runtime.device(args.device)
+    data = omniglot.load()
+    pt_path, _ = checkpoints.paths(args.out)
+    resume_path = pt_path.with_name(pt_path.name.removesuffix(".pt") + ".resume.pt")
+    trained = classification.train_omniglot(
+        config,
+        data=data,
+        device=device,
+        progress=not args.no_progress,
+        resume_path=resume_path,
+        save_every=args.save_every or 200,
+    )
+    sampler = classification.sampler_for(data, config, split="test", k_query=15, device=device)
+    episodes = args.episodes or 600
+    curve = classification.evaluate_omniglot(
+        trained.model,
+        trained.params,
+        sampler,
+        n_episodes=episodes,
+        inner_lr=config.inner_lr,
+        max_steps=config.test_inner_steps,
+    )
+    metrics = {
+        "steps": len(trained.history.losses),
+        "test_episodes": episodes,
+        "test_accuracy_by_step": curve.to_dict(range(config.test_inner_steps + 1)),
+    }
+    command = "python -m metalib " + shlex.join(argv)
+    pt_path, json_path = classification.save_classifier(
+        trained, args.out, metrics=metrics, command=command
+    )
+    resume_path.unlink(missing_ok=True)  # the run is complete
+    return {
+        "checkpoint": str(pt_path),
+        "sidecar": str(json_path),
+        "wall_time_s": round(trained.history.seconds, 2),
+        **metrics,
+    }
+
+
+def _evaluate_omniglot(args: argparse.Namespace) -> dict:
+    device = runtime.device(args.device)
+    config, model, params = classification.load_classifier(args.checkpoint, device=device)
+    n_way = config.n_way if args.n_way is None else args.n_way
+    k_shot = config.k_shot if args.k_shot is None else args.k_shot
+    test_config = dataclasses.replace(config, n_way=n_way, k_shot=k_shot)
+    data = omniglot.load()
+    sampler = classification.sampler_for(data, test_config, split="test", k_query=15, device=device)
+    inner_lr = config.inner_lr if args.inner_lr is None else args.inner_lr
+    curve = classification.evaluate_omniglot(
+        model,
+        params,
+        sampler,
+        n_episodes=args.episodes,
+        inner_lr=inner_lr,
+        max_steps=config.test_inner_steps,
+    )
+    last = config.test_inner_steps
+    return {
+        "checkpoint": args.checkpoint,
+        "recipe": config.recipe,
+        "n_way": n_way,
+        "k_shot": k_shot,
+        "split": config.scheme,
+        "episodes": args.episodes,
+        "inner_lr": inner_lr,
+        "inner_steps": last,
+        "accuracy": {"mean": curve.mean[last], "ci95": curve.ci95[last]},
+        "accuracy_by_step": curve.to_dict(range(last + 1)),
+    }
+
+
 def _evaluate(args: argparse.Namespace) -> dict:
+    pt_path, json_path = checkpoints.paths(args.checkpoint)
+    recipe = json.loads(json_path.read_text()).get("recipe", "") if json_path.is_file() else ""
+    if pt_path.is_file() and recipe.endswith("-omniglot"):
+        return _evaluate_omniglot(args)
+    if args.n_way is not None:
+        raise ValueError("--n-way applies to Omniglot checkpoints, not to sinusoid ones.")
+    if args.k_shot is None:
+        args.k_shot = 5
     learner = load_learner(args.checkpoint, device=runtime.device(args.device))
     curve = evaluate_sinusoid(
         learner,
@@ -219,7 +360,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
     try:
-        commands = {"train": lambda: _train(args, argv), "evaluate": lambda: _evaluate(args)}
+        train = _train_omniglot if getattr(args, "recipe", "").endswith("-omniglot") else _train
+        commands = {"train": lambda: train(args, argv), "evaluate": lambda: _evaluate(args)}
         result = commands.get(args.command, lambda: _data(args))()
     except (ValueError, OSError, FloatingPointError) as error:
         print(f"error: {error}", file=sys.stderr)

@@ -205,3 +205,52 @@ def test_data_without_archives_fails_clearly(tmp_path, monkeypatch, capsys):
     assert code == 2
     assert f"images_background.zip not found in {tmp_path}" in err and "METALIB_DATA" in err
     assert list(tmp_path.iterdir()) == []
+
+
+def test_train_resume_and_evaluate_maml_on_omniglot(real_omniglot, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("METALIB_DATA", str(real_omniglot.data_dir))
+    monkeypatch.setenv("METALIB_CACHE", str(real_omniglot.cache_path.parent))
+    stem = tmp_path / "maml_5w1s"
+    argv = [
+        "train",
+        "maml-omniglot",
+        "--out",
+        str(stem),
+        "--meta-steps",
+        "2",
+        "--meta-batch-size",
+        "2",
+    ]
+    argv += ["--episodes", "8", "--device", "cpu", "--no-progress"]
+    code, out, err = run(argv, capsys)
+    assert code == 0, err
+    report = json.loads(out)
+    assert report["steps"] == 2 and report["test_episodes"] == 8
+    assert set(report["test_accuracy_by_step"]) == {"0", "1", "2", "3"}  # 3 test steps for 5-way
+    assert not (tmp_path / "maml_5w1s.resume.pt").exists(), "a finished run leaves no resume state"
+    sidecar = json.loads((tmp_path / "maml_5w1s.json").read_text())
+    assert sidecar["recipe"] == "maml-omniglot" and sidecar["config"]["inner_lr"] == 0.4
+    assert sidecar["command"].startswith("python -m metalib train maml-omniglot")
+
+    code, out, err = run(
+        ["evaluate", str(stem) + ".pt", "--episodes", "8", "--device", "cpu"], capsys
+    )
+    assert code == 0, err
+    result = json.loads(out)
+    assert (result["n_way"], result["k_shot"], result["split"], result["episodes"]) == (
+        5,
+        1,
+        "vinyals",
+        8,
+    )
+    assert 0 <= result["accuracy"]["mean"] <= 1
+
+    code, _, err = run(["evaluate", str(stem) + ".pt", "--n-way", "20", "--episodes", "8"], capsys)
+    assert code == 2 and "20-way: evaluate it with n_way=5" in err
+
+
+def test_omniglot_flags_are_refused_for_sinusoid_recipes(tmp_path, capsys):
+    code, _, err = run(
+        ["train", "sinusoid-maml", "--out", str(tmp_path / "x"), "--n-way", "5"], capsys
+    )
+    assert code == 2 and "--n-way applies to Omniglot recipes" in err
