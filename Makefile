@@ -67,6 +67,7 @@ benchmark: install
 	$(BIN)/python benchmarks/sinusoid_training_speed.py
 	$(BIN)/python benchmarks/meta_step_speed.py
 	$(BIN)/python benchmarks/omniglot_data_speed.py
+	$(BIN)/python benchmarks/omniglot_maml_speed.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -133,10 +133,14 @@ def train_omniglot(
     progress: bool = True,
     resume_path: str | os.PathLike[str] | None = None,
     save_every: int = 200,
+    params: dict[str, Tensor] | None = None,
 ) -> TrainedClassifier:
-    """Meta-train a fresh ConvNet with ``config`` on the training classes.
+    """Meta-train a ConvNet with ``config`` on the training classes.
 
     Args:
+        params: leaf tensors to start from and update in place (for example to
+            evaluate them from a callback while training runs); default: a fresh
+            initialisation seeded with ``config.seed``.
         resume_path: a file for the training state (parameters, Adam's state, the
             episode generator's state, the losses so far), written atomically every
             ``save_every`` steps, at the end and on Ctrl-C. If it exists when training
@@ -151,7 +155,12 @@ def train_omniglot(
     sampler = sampler_for(data, config, split="train", device=dev)
     torch.manual_seed(config.seed)
     model = ConvNet(config.n_way, downsample=config.downsample).to(dev)
-    params = clone_parameters(parameters_of(model))
+    if params is None:
+        params = clone_parameters(parameters_of(model))
+    elif set(params) != set(parameters_of(model)):
+        raise ValueError(
+            f"params must have a ConvNet's parameter names: {sorted(parameters_of(model))}."
+        )
     generator = torch.Generator(device=dev).manual_seed(config.seed)
     boundary: list = [0, generator.get_state()]  # generator state before sampling step boundary[0]
 
