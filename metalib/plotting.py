@@ -172,6 +172,7 @@ def plot_images(
     ax: Axes | None = None,
     labels: Sequence[str] | None = None,
     title: str | None = None,
+    colors: Sequence[str] | None = None,
 ) -> Axes:
     """Draw images as one grid (``torchvision.utils.make_grid``), ink dark on white.
 
@@ -179,6 +180,7 @@ def plot_images(
         images: ``(n, 1, h, w)`` or ``(n, h, w)``, uint8 (ink 255) or float (ink 1).
         nrow: images per row of the grid.
         labels: one short text per image, written in its top-left corner.
+        colors: one colour per label (default: all red).
     """
     ax = _axes(ax)
     images = images.detach().cpu()
@@ -195,9 +197,8 @@ def plot_images(
     for i, label in enumerate(labels or ()):
         row, col = divmod(i, nrow)
         x, y = pad + col * (width + pad), pad + row * (height + pad)
-        ax.text(
-            x + 1, y + 1, label, color="#c0392b", fontsize=8, va="top", ha="left", weight="bold"
-        )
+        color = colors[i] if colors is not None else "#c0392b"
+        ax.text(x + 1, y + 1, label, color=color, fontsize=8, va="top", ha="left", weight="bold")
     ax.set(xticks=[], yticks=[], title=title or "")
     return ax
 
@@ -245,3 +246,27 @@ def plot_episode(
         title=f"query: {shown} of {k_query} per class",
     )
     return axes
+
+
+RIGHT_COLOR, WRONG_COLOR = "#1e8449", "#c0392b"
+
+
+def plot_predictions(
+    x_query: Tensor,
+    y_query: Tensor,
+    predicted: Tensor,
+    *,
+    nrow: int,
+    ax: Axes | None = None,
+    title: str | None = None,
+) -> Axes:
+    """Query images labelled with their predicted class: green if right, red if wrong."""
+    right = (predicted == y_query).tolist()
+    return plot_images(
+        x_query,
+        nrow=nrow,
+        ax=ax,
+        labels=[str(int(p)) for p in predicted],
+        colors=[RIGHT_COLOR if r else WRONG_COLOR for r in right],
+        title=title,
+    )

@@ -30,9 +30,10 @@ from metalib.data.episodes import EpisodeSampler
 from metalib.data.omniglot import Omniglot
 from metalib.data.splits import ClassSplit
 from metalib.models import parameters_of
-from metalib.plotting import plot_adaptation, plot_episode
+from metalib.plotting import plot_adaptation, plot_curves, plot_episode
 from metalib.recipes import Learner
 from metalib.tasks import SinusoidTasks
+from metalib.training import accuracy, evaluate
 
 
 def _slider(kind, description: str, **kw) -> widgets.Widget:
@@ -263,4 +264,69 @@ class EpisodePanel:
         names = sampler.class_names(classes[0], self.dataset)
         self.summary.value = "classes: " + " · ".join(
             f"<b>{label}</b> {name}" for label, name in enumerate(names)
+        )
+
+
+class AccuracyPanel:
+    """Sliders for the test-time inner steps and inner learning rate of a classifier.
+
+    Each change re-adapts the model to the same test episodes and redraws the query
+    accuracy (mean and 95% interval) after every inner step.
+
+    Args:
+        model, params: the classifier (e.g. from
+            :func:`metalib.classification.load_classifier`).
+        test: the test episodes to adapt to (a few dozen keep the panel responsive on a CPU).
+        inner_lr, inner_steps: the sliders' starting values (the training recipe's).
+
+    Attributes:
+        widget, controls (``inner_steps``, ``inner_lr``), summary, image, curve.
+    """
+
+    def __init__(
+        self, model: nn.Module, params: dict, test, *, inner_lr: float, inner_steps: int
+    ) -> None:
+        self.model, self.params, self.test = model, params, test
+        self.controls = {
+            "inner_steps": _slider(
+                widgets.IntSlider, "inner steps", value=inner_steps, min=0, max=10
+            ),
+            "inner_lr": _slider(
+                widgets.FloatLogSlider,
+                "inner lr",
+                value=inner_lr,
+                base=10,
+                min=-2,
+                max=0.3,
+                step=0.05,
+            ),
+        }
+        self.summary = widgets.HTML()
+        self.image = widgets.Image(format="png")
+        for control in self.controls.values():
+            control.observe(lambda _: self.redraw(), names="value")
+        self.widget = widgets.VBox(
+            [widgets.HBox(list(self.controls.values())), self.summary, self.image]
+        )
+        self.redraw()
+
+    def redraw(self) -> None:
+        steps, inner_lr = self.controls["inner_steps"].value, self.controls["inner_lr"].value
+        self.curve = evaluate(
+            self.model,
+            self.params,
+            self.test,
+            loss_fn=F.cross_entropy,
+            inner_lr=inner_lr,
+            max_steps=steps,
+            metric_fn=accuracy,
+        )
+        figure = Figure(figsize=(5, 3.2), dpi=80)
+        ax = figure.subplots()
+        plot_curves({f"α = {inner_lr:.2f}": self.curve}, ax=ax, ylabel="query accuracy")
+        ax.set(ylim=(0, 1.02), xlim=(-0.3, max(steps, 1) + 0.3))
+        self.image.value = _png(figure)
+        self.summary.value = (
+            f"{len(self.test)} test episodes, α={inner_lr:.2f}: accuracy after {steps} steps "
+            f"<b>{self.curve.mean[-1]:.3f} ± {self.curve.ci95[-1]:.3f}</b>"
         )

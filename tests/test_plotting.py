@@ -63,3 +63,16 @@ def test_plot_episode_shows_support_and_some_queries():
     assert [t.get_text() for t in axes[0].texts] == ["0", "0", "1", "1", "2", "2"]
     assert len(axes[1].texts) == 3 * 5 and axes[1].get_title() == "query: 5 of 8 per class"
     plt.close(axes[0].figure)
+
+
+def test_plot_predictions_colours_right_and_wrong():
+    predicted, truth = torch.tensor([0, 1, 2, 2]), torch.tensor([0, 1, 1, 2])
+    ax = plotting.plot_predictions(torch.rand(4, 1, 28, 28), truth, predicted, nrow=2)
+    colours = [t.get_color() for t in ax.texts]
+    assert colours == [
+        plotting.RIGHT_COLOR,
+        plotting.RIGHT_COLOR,
+        plotting.WRONG_COLOR,
+        plotting.RIGHT_COLOR,
+    ]
+    plt.close(ax.figure)

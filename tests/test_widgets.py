@@ -96,3 +96,29 @@ def test_new_episode_button_draws_other_classes(episode_panel):
     episode_panel.controls["new"].click()
     assert episode_panel.summary.value != summary and summary.count("character") == 5
     assert not torch.equal(episode_panel.episode.x_support, support)
+
+
+@pytest.fixture
+def accuracy_panel(small_omniglot, tmp_path):
+    from metalib.data import episodes, omniglot, splits
+    from metalib.models import ConvNet, parameters_of
+    from metalib.widgets import AccuracyPanel
+
+    data_dir, specs = small_omniglot
+    data = omniglot.load(data_dir, cache_dir=tmp_path / "cache", download=False, specs=specs)
+    sampler = episodes.EpisodeSampler(
+        data, splits.class_split(data, scheme="lake", split="train"), k_query=2
+    )
+    torch.manual_seed(0)
+    model = ConvNet(5, hidden=8)
+    test = sampler.sample(6, generator=torch.Generator().manual_seed(0))
+    return AccuracyPanel(model, parameters_of(model), test, inner_lr=0.4, inner_steps=1)
+
+
+@pytest.mark.parametrize(("name", "value"), [("inner_steps", 4), ("inner_lr", 0.1)])
+def test_accuracy_panel_redraws_for_each_slider(accuracy_panel, name, value):
+    summary, image = accuracy_panel.summary.value, accuracy_panel.image.value
+    assert "6 test episodes" in summary and image[:4] == b"\x89PNG"
+    accuracy_panel.controls[name].value = value
+    assert accuracy_panel.summary.value != summary and accuracy_panel.image.value != image
+    assert len(accuracy_panel.curve.mean) == accuracy_panel.controls["inner_steps"].value + 1
