@@ -78,3 +78,22 @@ def test_sidecars_record_how_they_were_made(name):
     assert sidecar["wall_time_s"] > 0 and sidecar["device"]
     assert sidecar["config"]["meta_steps"] == sidecar["metrics"]["steps"]
     assert (SHIPPED / f"{name}.pt").stat().st_size < 1_000_000
+
+
+def test_shipped_omniglot_checkpoint_matches_its_sidecar(real_omniglot, monkeypatch):
+    """The CPU-budget MAML 5-way 1-shot checkpoint (400 of the paper's 60,000 steps)."""
+    monkeypatch.setenv("METALIB_DATA", str(real_omniglot.data_dir))
+    monkeypatch.setenv("METALIB_CACHE", str(real_omniglot.cache_path.parent))
+    stem = SHIPPED / "maml_omniglot_5w1s_cpu_demo"
+    sidecar = checkpoints.read_sidecar(stem)
+    assert sidecar["config"]["meta_steps"] == sidecar["metrics"]["steps"] == 400
+    assert sidecar["metrics"]["test_episodes"] == 600
+    assert sidecar["metrics"]["test_accuracy_by_step"]["3"]["mean"] >= 0.9
+    assert (stem.with_suffix(".pt")).stat().st_size < 1_000_000
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        code = cli.main(["evaluate", str(stem) + ".pt", "--episodes", "40", "--device", "cpu"])
+    assert code == 0
+    result = json.loads(out.getvalue())
+    # 40 episodes: a ±2% interval around the sidecar's 92%.
+    assert result["accuracy"]["mean"] >= 0.85 and result["accuracy_by_step"]["0"]["mean"] < 0.3
