@@ -52,6 +52,7 @@ class OmniglotConfig:
     first_order: bool = False
     scheme: str = "vinyals"
     downsample: str = "stride"
+    transductive_bn: bool = True  # False: running statistics at test time
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -75,7 +76,9 @@ class OmniglotConfig:
             raise ValueError(f"scheme={self.scheme!r} must be one of {splits.SCHEMES}.")
         if self.method == "fomaml" and not self.first_order:
             raise ValueError("method='fomaml' is first-order by definition: set first_order=True.")
-        ConvNet(self.n_way, downsample=self.downsample)  # validates downsample
+        if not isinstance(self.transductive_bn, bool):
+            raise ValueError(f"transductive_bn={self.transductive_bn!r} must be True or False.")
+        self.model()  # validates downsample
 
     @classmethod
     def paper(cls, n_way: int = 5, k_shot: int = 1, **overrides: Any) -> OmniglotConfig:
@@ -87,6 +90,10 @@ class OmniglotConfig:
         else:
             raise ValueError(f"n_way={n_way!r}: the paper reports 5-way and 20-way only.")
         return cls(**{"n_way": n_way, "k_shot": k_shot, **base, **overrides})
+
+    def model(self) -> ConvNet:
+        """A fresh ConvNet of this configuration."""
+        return ConvNet(self.n_way, downsample=self.downsample, transductive_bn=self.transductive_bn)
 
     @property
     def recipe(self) -> str:
@@ -154,7 +161,7 @@ def train_omniglot(
     data = omniglot.load() if data is None else data
     sampler = sampler_for(data, config, split="train", device=dev)
     torch.manual_seed(config.seed)
-    model = ConvNet(config.n_way, downsample=config.downsample).to(dev)
+    model = config.model().to(dev)
     if params is None:
         params = clone_parameters(parameters_of(model))
     elif set(params) != set(parameters_of(model)):
@@ -167,6 +174,8 @@ def train_omniglot(
     def step_loss(step: int) -> Tensor:
         boundary[:] = [step, generator.get_state()]
         batch = sampler.sample(config.meta_batch_size, generator=generator)
+        if not config.transductive_bn:  # running statistics of θ over the meta-batch's queries
+            model.update_running_stats(params, batch.x_query.flatten(0, 1))
         return maml.meta_loss(
             model,
             params,
@@ -180,13 +189,14 @@ def train_omniglot(
     resume, save_state = None, None
     if resume_path is not None:
         path = Path(resume_path)
-        resume = _read_resume(path, config, params, generator) if path.is_file() else None
+        resume = _read_resume(path, config, model, params, generator) if path.is_file() else None
 
         def save_state(loop: dict) -> None:
             at_boundary = boundary[0] == loop["step"]
             blob = {
                 "config": config.to_dict(),
                 "params": {k: v.detach().cpu() for k, v in params.items()},
+                "buffers": {k: v.cpu() for k, v in model.named_buffers()},
                 "generator": boundary[1] if at_boundary else generator.get_state(),
                 "loop": loop,
             }
@@ -210,7 +220,7 @@ def train_omniglot(
     return TrainedClassifier(config, model, params, history, dev)
 
 
-def _read_resume(path: Path, config: OmniglotConfig, params: dict, generator) -> dict:
+def _read_resume(path: Path, config: OmniglotConfig, model, params: dict, generator) -> dict:
     """Restore parameters and generator from a training state; return the loop's state."""
     try:
         blob = torch.load(path, map_location="cpu", weights_only=True)
@@ -226,6 +236,8 @@ def _read_resume(path: Path, config: OmniglotConfig, params: dict, generator) ->
     with torch.no_grad():
         for name, value in blob["params"].items():
             params[name].copy_(value)
+        for name, value in model.named_buffers():
+            value.copy_(blob["buffers"][name])
     generator.set_state(blob["generator"])
     return blob["loop"]
 
@@ -236,7 +248,7 @@ def save_classifier(trained: TrainedClassifier, path, *, metrics: dict, command:
         path,
         recipe=trained.config.recipe,
         config=trained.config.to_dict(),
-        state_dict=trained.params,
+        state_dict={**trained.params, **dict(trained.model.named_buffers())},
         metrics=metrics,
         device=runtime.describe_device(trained.device),
         wall_time_s=round(trained.history.seconds, 2),
@@ -257,11 +269,12 @@ def load_classifier(
     if not blob["recipe"].endswith("-omniglot"):
         raise ValueError(f"checkpoint {path} holds recipe {blob['recipe']!r}, not an Omniglot one.")
     config = OmniglotConfig(**blob["config"])
-    model = ConvNet(config.n_way, downsample=config.downsample).to(device)
-    expected = set(parameters_of(model))
-    if set(blob["state_dict"]) != expected:
+    model = config.model()
+    if set(blob["state_dict"]) != set(model.state_dict()):
         raise ValueError(f"checkpoint {path} does not hold a ConvNet's parameters.")
-    params = {k: v.to(device) for k, v in blob["state_dict"].items()}
+    model.load_state_dict(blob["state_dict"])
+    model.to(device)
+    params = {k: v.detach().clone() for k, v in parameters_of(model).items()}
     return config, model, params
 
 
@@ -288,12 +301,17 @@ def evaluate_omniglot(
         )
     generator = torch.Generator(device=sampler.device).manual_seed(seed)
     test = sampler.sample(n_episodes, generator=generator)
-    return evaluate(
-        model,
-        params,
-        test,
-        loss_fn=F.cross_entropy,
-        inner_lr=inner_lr,
-        max_steps=max_steps,
-        metric_fn=accuracy,
-    )
+    mode = model.training
+    model.eval()  # running statistics, if the model keeps them; transductive BN ignores it
+    try:
+        return evaluate(
+            model,
+            params,
+            test,
+            loss_fn=F.cross_entropy,
+            inner_lr=inner_lr,
+            max_steps=max_steps,
+            metric_fn=accuracy,
+        )
+    finally:
+        model.train(mode)

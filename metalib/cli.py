@@ -105,6 +105,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--split", choices=splits.SCHEMES, default=None, help="class split (default: vinyals)"
     )
     omniglot_flags.add_argument(
+        "--batch-norm",
+        choices=("transductive", "running"),
+        default=None,
+        help="statistics of each batch (the paper, default) or running statistics at test time",
+    )
+    omniglot_flags.add_argument(
         "--episodes",
         type=_positive_int,
         default=None,
@@ -194,7 +200,7 @@ def _data(args: argparse.Namespace) -> dict:
 
 
 def _train(args: argparse.Namespace, argv: Sequence[str]) -> dict:
-    for flag in ("n_way", "split", "save_every", "episodes"):
+    for flag in ("n_way", "split", "save_every", "episodes", "batch_norm"):
         if getattr(args, flag) is not None:
             raise ValueError(
                 f"--{flag.replace('_', '-')} applies to Omniglot recipes, not {args.recipe}."
@@ -247,6 +253,8 @@ def _train_omniglot(args: argparse.Namespace, argv: Sequence[str]) -> dict:
     method = args.recipe.removesuffix("-omniglot")
     if args.first_order or method == "fomaml":
         overrides["first_order"] = True
+    if args.batch_norm is not None:
+        overrides["transductive_bn"] = args.batch_norm == "transductive"
     config = classification.OmniglotConfig.paper(
         args.n_way or 5,
         args.k_shot or 1,

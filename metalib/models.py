@@ -27,6 +27,7 @@ import itertools
 
 import torch
 from torch import Tensor, nn
+from torch.func import functional_call
 
 
 class SinusoidMLP(nn.Module):
@@ -76,6 +77,35 @@ class TransductiveBatchNorm2d(nn.Module):
         return (x - mean) * scale + self.bias[:, None, None]
 
 
+class RunningBatchNorm2d(TransductiveBatchNorm2d):
+    """Batch norm that normalises with running statistics in eval mode.
+
+    In train mode it is :class:`TransductiveBatchNorm2d` (batch statistics, a pure
+    function, so ``vmap`` over tasks works). The running mean and variance are updated
+    only by :meth:`observe`, outside any ``vmap``; in eval mode every image is normalised
+    with them, so a prediction no longer depends on the other images of its batch.
+    """
+
+    def __init__(self, channels: int, *, eps: float = 1e-5, momentum: float = 0.1) -> None:
+        super().__init__(channels, eps=eps)
+        self.momentum = momentum
+        self.register_buffer("running_mean", torch.zeros(channels))
+        self.register_buffer("running_var", torch.ones(channels))
+
+    @torch.no_grad()
+    def observe(self, x: Tensor) -> None:
+        """Move the running statistics towards those of the batch ``x`` by ``momentum``."""
+        self.running_mean.lerp_(x.mean(dim=(0, 2, 3)), self.momentum)
+        self.running_var.lerp_(x.var(dim=(0, 2, 3), unbiased=True), self.momentum)
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.training:
+            return super().forward(x)
+        scale = self.weight * torch.rsqrt(self.running_var + self.eps)  # (channels,)
+        shift = self.bias - self.running_mean * scale
+        return x * scale[:, None, None] + shift[:, None, None]
+
+
 class ConvNet(nn.Module):
     """Four conv-BN-ReLU blocks and a linear head: ``(n, 1, 28, 28)`` → ``(n, n_way)`` logits.
 
@@ -85,10 +115,19 @@ class ConvNet(nn.Module):
         hidden: filters per convolution (64 in the papers).
         downsample: ``"stride"`` (stride-2 convolutions, MAML's Omniglot network) or
             ``"maxpool"`` (stride-1 convolutions, then 2×2 max-pooling).
+        transductive_bn: batch norm with the statistics of each batch, always (the
+            paper); False keeps running statistics (:class:`RunningBatchNorm2d`), updated by
+            :meth:`update_running_stats` and used in eval mode.
     """
 
     def __init__(
-        self, n_way: int, *, channels: int = 1, hidden: int = 64, downsample: str = "stride"
+        self,
+        n_way: int,
+        *,
+        channels: int = 1,
+        hidden: int = 64,
+        downsample: str = "stride",
+        transductive_bn: bool = True,
     ) -> None:
         super().__init__()
         for name, value in (("n_way", n_way), ("channels", channels), ("hidden", hidden)):
@@ -96,13 +135,14 @@ class ConvNet(nn.Module):
                 raise ValueError(f"{name}={value!r} must be a positive integer.")
         if downsample not in ("stride", "maxpool"):
             raise ValueError(f"downsample={downsample!r} must be 'stride' or 'maxpool'.")
-        self.n_way, self.downsample = n_way, downsample
+        self.n_way, self.downsample, self.transductive_bn = n_way, downsample, transductive_bn
+        norm = TransductiveBatchNorm2d if transductive_bn else RunningBatchNorm2d
         blocks: list[nn.Module] = []
         for i in range(4):
             stride = 2 if downsample == "stride" else 1
             blocks += [
                 nn.Conv2d(channels if i == 0 else hidden, hidden, 3, stride=stride, padding=1),
-                TransductiveBatchNorm2d(hidden),
+                norm(hidden),
                 nn.ReLU(),
             ]
             if downsample == "maxpool":
@@ -113,6 +153,26 @@ class ConvNet(nn.Module):
     def head_names(self) -> tuple[str, ...]:
         """Names of the head's parameters (what ANIL adapts)."""
         return ("head.weight", "head.bias")
+
+    @torch.no_grad()
+    def update_running_stats(self, params: dict[str, Tensor], x: Tensor) -> None:
+        """Let every :class:`RunningBatchNorm2d` observe its input for images ``x``.
+
+        Runs the network with ``params`` in train mode (batch statistics) on the
+        ``(n, channels, 28, 28)`` images; does nothing if ``transductive_bn``.
+        """
+        layers = [m for m in self.modules() if isinstance(m, RunningBatchNorm2d)]
+        hooks = [
+            m.register_forward_pre_hook(lambda m, inputs: m.observe(inputs[0])) for m in layers
+        ]
+        mode = self.training
+        try:
+            self.train()
+            functional_call(self, params, (x,))
+        finally:
+            self.train(mode)
+            for hook in hooks:
+                hook.remove()
 
     def forward(self, x: Tensor) -> Tensor:
         """Map ``(n, channels, 28, 28)`` images to ``(n, n_way)`` logits."""
@@ -130,4 +190,11 @@ def clone_parameters(params: dict[str, Tensor], *, requires_grad: bool = True) -
     return {k: v.detach().clone().requires_grad_(requires_grad) for k, v in params.items()}
 
 
-__all__ = ["ConvNet", "SinusoidMLP", "clone_parameters", "parameters_of"]
+__all__ = [
+    "ConvNet",
+    "RunningBatchNorm2d",
+    "SinusoidMLP",
+    "TransductiveBatchNorm2d",
+    "clone_parameters",
+    "parameters_of",
+]

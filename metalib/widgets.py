@@ -312,15 +312,20 @@ class AccuracyPanel:
 
     def redraw(self) -> None:
         steps, inner_lr = self.controls["inner_steps"].value, self.controls["inner_lr"].value
-        self.curve = evaluate(
-            self.model,
-            self.params,
-            self.test,
-            loss_fn=F.cross_entropy,
-            inner_lr=inner_lr,
-            max_steps=steps,
-            metric_fn=accuracy,
-        )
+        mode = self.model.training
+        self.model.eval()  # running batch-norm statistics, if the model keeps them
+        try:
+            self.curve = evaluate(
+                self.model,
+                self.params,
+                self.test,
+                loss_fn=F.cross_entropy,
+                inner_lr=inner_lr,
+                max_steps=steps,
+                metric_fn=accuracy,
+            )
+        finally:
+            self.model.train(mode)
         figure = Figure(figsize=(5, 3.2), dpi=80)
         ax = figure.subplots()
         plot_curves({f"α = {inner_lr:.2f}": self.curve}, ax=ax, ylabel="query accuracy")

@@ -155,3 +155,40 @@ def test_checkpoint_round_trip_and_clear_errors(tiny, tmp_path):
     pt_path.write_bytes(bytes(payload))
     with pytest.raises(ValueError, match="does not match its sidecar"):
         classification.load_classifier(pt_path)
+
+
+def test_running_statistics_option_trains_saves_and_resumes(tiny, tmp_path):
+    config = tiny_config(transductive_bn=False)
+    straight = classification.train_omniglot(config, data=tiny, device="cpu", progress=False)
+    running = straight.model.features[1].running_mean
+    assert running.abs().sum() > 0, "training updated the running statistics"
+
+    def interrupt_at_step_2(step, loss):
+        if step == 2:
+            raise KeyboardInterrupt
+
+    state = tmp_path / "run.resume.pt"
+    with pytest.raises(KeyboardInterrupt):
+        classification.train_omniglot(
+            config,
+            data=tiny,
+            device="cpu",
+            progress=False,
+            resume_path=state,
+            callback=interrupt_at_step_2,
+        )
+    resumed = classification.train_omniglot(
+        config, data=tiny, device="cpu", progress=False, resume_path=state
+    )
+    assert all(torch.equal(resumed.params[k], straight.params[k]) for k in straight.params)
+    assert torch.equal(resumed.model.features[1].running_mean, running)
+
+    pt_path, _ = classification.save_classifier(
+        straight, tmp_path / "running", metrics={}, command="test"
+    )
+    loaded_config, model, params = classification.load_classifier(pt_path)
+    assert loaded_config.transductive_bn is False
+    assert torch.equal(model.features[1].running_mean, running)
+    sampler = classification.sampler_for(tiny, config, split="test")
+    curve = classification.evaluate_omniglot(model, params, sampler, n_episodes=4, max_steps=1)
+    assert len(curve.mean) == 2 and model.training, "evaluation restores the mode"

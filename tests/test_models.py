@@ -6,7 +6,13 @@ import torch.nn.functional as F
 
 from metalib.algorithms import maml
 from metalib.data import episodes, omniglot, splits
-from metalib.models import ConvNet, TransductiveBatchNorm2d, clone_parameters, parameters_of
+from metalib.models import (
+    ConvNet,
+    RunningBatchNorm2d,
+    TransductiveBatchNorm2d,
+    clone_parameters,
+    parameters_of,
+)
 
 
 @pytest.mark.parametrize("downsample", ["stride", "maxpool"])
@@ -177,3 +183,54 @@ def test_a_few_maml_steps_on_the_tiny_archive_beat_chance(tiny_sampler):
     accuracy = query_accuracy(model, params, test, inner_steps=1)
     # Chance is 1/5; over 1,500 queries its standard deviation is about 0.01.
     assert accuracy > 0.3 and accuracy > untrained + 0.1, (accuracy, untrained)
+
+
+def test_running_batch_norm_uses_batch_stats_in_training_and_running_stats_in_eval():
+    torch.manual_seed(0)
+    bn = RunningBatchNorm2d(3, momentum=0.5)
+    h = torch.randn(8, 3, 4, 4) * 2 + 1
+    torch.testing.assert_close(bn(h), TransductiveBatchNorm2d(3)(h))  # train mode
+    bn.observe(h)
+    torch.testing.assert_close(bn.running_mean, 0.5 * h.mean(dim=(0, 2, 3)))
+    torch.testing.assert_close(bn.running_var, 0.5 + 0.5 * h.var(dim=(0, 2, 3)))
+    bn.eval()
+    expected = (h - bn.running_mean[:, None, None]) / torch.sqrt(
+        bn.running_var[:, None, None] + 1e-5
+    )
+    torch.testing.assert_close(bn(h), expected)
+
+
+def test_running_statistics_make_eval_predictions_independent_of_the_batch(tiny_sampler):
+    torch.manual_seed(0)
+    model = ConvNet(5, hidden=8, transductive_bn=False)
+    params = parameters_of(model)
+    batch = tiny_sampler.sample(4, generator=torch.Generator().manual_seed(0))
+    before = [b.running_mean.clone() for b in model.modules() if isinstance(b, RunningBatchNorm2d)]
+    model.update_running_stats(params, batch.x_query.flatten(0, 1))
+    after = [b.running_mean for b in model.modules() if isinstance(b, RunningBatchNorm2d)]
+    assert len(after) == 4 and all(
+        not torch.equal(a, b) for a, b in zip(before, after, strict=True)
+    )
+    assert model.training, "update_running_stats leaves the mode as it was"
+    x = batch.x_query[0]
+    model.eval()
+    torch.testing.assert_close(model(x[:3]), model(x)[:3])  # no dependence on the rest of the batch
+    model.train()
+    assert not torch.allclose(model(x[:3]), model(x)[:3])
+    transductive = ConvNet(5, hidden=8)
+    transductive.update_running_stats(parameters_of(transductive), x)  # nothing to update
+    assert not list(transductive.buffers())
+
+
+def test_maml_with_running_statistics_trains_under_vmap(tiny_sampler):
+    torch.manual_seed(0)
+    model = ConvNet(5, hidden=8, transductive_bn=False).double()
+    params = clone_parameters(parameters_of(model))
+    batch = tiny_sampler.sample(3, generator=torch.Generator().manual_seed(4))
+    batch = episodes.Episodes(
+        batch.x_support.double(), batch.y_support, batch.x_query.double(), batch.y_query
+    )
+    batched = meta_gradient(maml.meta_loss, model, params, batch)
+    looped = meta_gradient(maml.meta_loss_loop, model, params, batch)
+    for a, b in zip(batched, looped, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-11)
