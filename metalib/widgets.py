@@ -9,6 +9,11 @@ tested) without a browser. Used in ``notebooks/02_maml_sinusoid.ipynb``.
 :class:`EpisodePanel` draws Omniglot episodes with the n_way, k_shot and k_query the
 reader picks, and a new one at each press of its button. Used in
 ``notebooks/04_omniglot_episodes.ipynb``.
+
+:class:`TrainingMonitor` is a training callback that redraws the loss, and optionally a
+test accuracy, while training runs. :class:`AccuracyPanel` redraws the per-step accuracy
+of a classifier for chosen test-time inner steps and step size. Both are used in
+``notebooks/05_maml_omniglot.ipynb``.
 """
 
 from __future__ import annotations
@@ -335,3 +340,52 @@ class AccuracyPanel:
             f"{len(self.test)} test episodes, α={inner_lr:.2f}: accuracy after {steps} steps "
             f"<b>{self.curve.mean[-1]:.3f} ± {self.curve.ci95[-1]:.3f}</b>"
         )
+
+
+class TrainingMonitor:
+    """A ``train_loop`` callback that redraws the training loss while training runs.
+
+    Args:
+        every: redraw after every ``every`` outer steps (and on :meth:`redraw`).
+        evaluate: optional function returning a test accuracy, called every
+            ``eval_every`` steps and drawn on a second axis.
+        eval_every: steps between calls of ``evaluate``.
+
+    Attributes:
+        widget, image, summary; ``losses`` (one per step) and ``accuracy``
+        (``{step: value}``).
+    """
+
+    def __init__(self, *, every: int = 50, evaluate=None, eval_every: int = 1000) -> None:
+        for name, value in (("every", every), ("eval_every", eval_every)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name}={value!r} must be an integer >= 1.")
+        self.every, self.evaluate, self.eval_every = every, evaluate, eval_every
+        self.losses: list[float] = []
+        self.accuracy: dict[int, float] = {}
+        self.image = widgets.Image(format="png")
+        self.summary = widgets.HTML("waiting for the first steps")
+        self.widget = widgets.VBox([self.summary, self.image])
+
+    def __call__(self, step: int, loss: float) -> bool:
+        self.losses.append(loss)
+        if self.evaluate is not None and (step + 1) % self.eval_every == 0:
+            self.accuracy[step + 1] = float(self.evaluate())
+        if (step + 1) % self.every == 0:
+            self.redraw()
+        return False  # never stops training
+
+    def redraw(self) -> None:
+        figure = Figure(figsize=(6, 3), dpi=80)
+        ax = figure.subplots()
+        ax.plot(range(1, len(self.losses) + 1), self.losses, lw=1, color="#1f618d")
+        ax.set(xlabel="outer step", ylabel="meta-training loss")
+        text = f"step {len(self.losses)}: loss {self.losses[-1]:.3f}" if self.losses else ""
+        if self.accuracy:
+            right = ax.twinx()
+            right.plot(list(self.accuracy), list(self.accuracy.values()), "o-", color="#1e8449")
+            right.set(ylabel="test accuracy", ylim=(0, 1))
+            last = max(self.accuracy)
+            text += f" · test accuracy {self.accuracy[last]:.3f} at step {last}"
+        self.image.value = _png(figure)
+        self.summary.value = text

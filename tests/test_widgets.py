@@ -122,3 +122,22 @@ def test_accuracy_panel_redraws_for_each_slider(accuracy_panel, name, value):
     accuracy_panel.controls[name].value = value
     assert accuracy_panel.summary.value != summary and accuracy_panel.image.value != image
     assert len(accuracy_panel.curve.mean) == accuracy_panel.controls["inner_steps"].value + 1
+
+
+def test_training_monitor_redraws_and_evaluates_on_schedule():
+    from metalib.widgets import TrainingMonitor
+
+    calls = []
+    monitor = TrainingMonitor(
+        every=5, evaluate=lambda: calls.append(1) or 0.5 + 0.1 * len(calls), eval_every=4
+    )
+    assert monitor.image.value == b""
+    for step in range(10):
+        assert monitor(step, 2.0 - 0.1 * step) is False
+        if step == 4:
+            first = monitor.image.value
+            assert first[:4] == b"\x89PNG" and "step 5: loss 1.600" in monitor.summary.value
+    assert monitor.accuracy == {4: 0.6, 8: 0.7} and len(monitor.losses) == 10
+    assert monitor.image.value != first and "test accuracy 0.700 at step 8" in monitor.summary.value
+    with pytest.raises(ValueError, match="every=0"):
+        TrainingMonitor(every=0)
