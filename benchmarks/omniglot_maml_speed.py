@@ -70,7 +70,9 @@ def tasks_per_second(meta_loss_fn, sampler, config, device, *, seconds, first_or
 
 def time_to_target(data, config, device, *, target, eval_every, max_steps):
     """Train second-order MAML, evaluating every ``eval_every`` steps, until ``target``."""
-    sampler = classification.sampler_for(data, config, split="test", k_query=15, device=device)
+    sampler = classification.sampler_for(
+        data, config, split="test", k_query=classification.TEST_K_QUERY, device=device
+    )
     torch.manual_seed(config.seed)
     model = ConvNet(config.n_way).to(device)
     params = clone_parameters(parameters_of(model))  # updated in place by training

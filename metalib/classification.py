@@ -24,14 +24,23 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from metalib import checkpoints, files, runtime
+from metalib import checkpoints, checks, files, runtime
 from metalib.algorithms import maml
 from metalib.data import episodes, omniglot, splits
 from metalib.models import ConvNet, clone_parameters, parameters_of
-from metalib.training import SCHEDULES, Callback, Curve, History, accuracy, evaluate, train_loop
+from metalib.training import (
+    Callback,
+    Curve,
+    History,
+    accuracy,
+    check_outer_lr,
+    evaluate,
+    train_loop,
+)
 
 METHODS = ("maml", "fomaml")
 TEST_SEED = 2017  # every evaluation draws the same test episodes
+TEST_K_QUERY = 15  # query images per class in test episodes
 
 
 @dataclass(frozen=True)
@@ -56,24 +65,13 @@ class OmniglotConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        if self.method not in METHODS:
-            raise ValueError(f"method={self.method!r} must be one of {METHODS}.")
-        names = ("n_way", "k_shot", "k_query", "meta_batch_size", "meta_steps", "inner_steps")
-        for name in (*names, "test_inner_steps", "seed"):
-            value = getattr(self, name)
-            minimum = 0 if name in ("meta_steps", "inner_steps", "test_inner_steps", "seed") else 1
-            minimum = 2 if name == "n_way" else minimum
-            if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-                raise ValueError(f"{name}={value!r} must be an integer >= {minimum}.")
+        checks.one_of("method", self.method, METHODS)
+        minimums = {"n_way": 2, "k_shot": 1, "k_query": 1, "meta_batch_size": 1}
+        for name in ("meta_steps", "inner_steps", "test_inner_steps", "seed", *minimums):
+            checks.count(name, getattr(self, name), minimums.get(name, 0))
         maml.check_hyperparameters(inner_lr=self.inner_lr, inner_steps=self.inner_steps)
-        if not (isinstance(self.outer_lr, int | float) and 0 < self.outer_lr < float("inf")):
-            raise ValueError(f"outer_lr={self.outer_lr!r} must be a finite positive number.")
-        if self.outer_lr_schedule not in SCHEDULES:
-            raise ValueError(
-                f"outer_lr_schedule={self.outer_lr_schedule!r} must be one of {SCHEDULES}."
-            )
-        if self.scheme not in splits.SCHEMES:
-            raise ValueError(f"scheme={self.scheme!r} must be one of {splits.SCHEMES}.")
+        check_outer_lr(self.outer_lr, self.outer_lr_schedule)
+        checks.one_of("scheme", self.scheme, splits.SCHEMES)
         if self.method == "fomaml" and not self.first_order:
             raise ValueError("method='fomaml' is first-order by definition: set first_order=True.")
         if not isinstance(self.transductive_bn, bool):

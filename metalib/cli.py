@@ -199,23 +199,30 @@ def _data(args: argparse.Namespace) -> dict:
     }
 
 
+# `train` flags that both recipe families take as configuration overrides.
+SHARED_HYPERPARAMETERS = (
+    "meta_steps",
+    "meta_batch_size",
+    "k_query",
+    "inner_steps",
+    "inner_lr",
+    "outer_lr",
+    "seed",
+)
+
+
+def _overrides(args: argparse.Namespace, names: Sequence[str]) -> dict:
+    """The hyperparameters given on the command line (left out: the recipe's own)."""
+    return {n: getattr(args, n) for n in names if getattr(args, n) is not None}
+
+
 def _train(args: argparse.Namespace, argv: Sequence[str]) -> dict:
     for flag in ("n_way", "split", "save_every", "episodes", "batch_norm"):
         if getattr(args, flag) is not None:
             raise ValueError(
                 f"--{flag.replace('_', '-')} applies to Omniglot recipes, not {args.recipe}."
             )
-    names = (
-        "meta_steps",
-        "meta_batch_size",
-        "k_shot",
-        "k_query",
-        "inner_steps",
-        "inner_lr",
-        "outer_lr",
-        "seed",
-    )
-    overrides = {n: getattr(args, n) for n in names if getattr(args, n) is not None}
+    overrides = _overrides(args, ("k_shot", *SHARED_HYPERPARAMETERS))
     if args.first_order:
         overrides["first_order"] = True
     config = SinusoidConfig.for_method(args.recipe.removeprefix("sinusoid-"), **overrides)
@@ -240,16 +247,7 @@ def _train(args: argparse.Namespace, argv: Sequence[str]) -> dict:
 
 
 def _train_omniglot(args: argparse.Namespace, argv: Sequence[str]) -> dict:
-    names = (
-        "meta_steps",
-        "meta_batch_size",
-        "k_query",
-        "inner_steps",
-        "inner_lr",
-        "outer_lr",
-        "seed",
-    )
-    overrides = {n: getattr(args, n) for n in names if getattr(args, n) is not None}
+    overrides = _overrides(args, SHARED_HYPERPARAMETERS)  # k_shot goes to paper()
     method = args.recipe.removesuffix("-omniglot")
     if args.first_order or method == "fomaml":
         overrides["first_order"] = True
@@ -274,7 +272,9 @@ def _train_omniglot(args: argparse.Namespace, argv: Sequence[str]) -> dict:
         resume_path=resume_path,
         save_every=args.save_every or 200,
     )
-    sampler = classification.sampler_for(data, config, split="test", k_query=15, device=device)
+    sampler = classification.sampler_for(
+        data, config, split="test", k_query=classification.TEST_K_QUERY, device=device
+    )
     episodes = args.episodes or 600
     curve = classification.evaluate_omniglot(
         trained.model,
@@ -309,7 +309,9 @@ def _evaluate_omniglot(args: argparse.Namespace) -> dict:
     k_shot = config.k_shot if args.k_shot is None else args.k_shot
     test_config = dataclasses.replace(config, n_way=n_way, k_shot=k_shot)
     data = omniglot.load()
-    sampler = classification.sampler_for(data, test_config, split="test", k_query=15, device=device)
+    sampler = classification.sampler_for(
+        data, test_config, split="test", k_query=classification.TEST_K_QUERY, device=device
+    )
     inner_lr = config.inner_lr if args.inner_lr is None else args.inner_lr
     curve = classification.evaluate_omniglot(
         model,

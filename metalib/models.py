@@ -29,6 +29,8 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call
 
+from metalib import checks
+
 
 class SinusoidMLP(nn.Module):
     """1 → 40 → 40 → 1 with ReLU, the MAML paper's sinusoid regressor."""
@@ -131,8 +133,7 @@ class ConvNet(nn.Module):
     ) -> None:
         super().__init__()
         for name, value in (("n_way", n_way), ("channels", channels), ("hidden", hidden)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name}={value!r} must be a positive integer.")
+            checks.count(name, value, 1)
         if downsample not in ("stride", "maxpool"):
             raise ValueError(f"downsample={downsample!r} must be 'stride' or 'maxpool'.")
         self.n_way, self.downsample, self.transductive_bn = n_way, downsample, transductive_bn

@@ -18,11 +18,11 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from metalib import checkpoints, runtime
+from metalib import checkpoints, checks, runtime
 from metalib.algorithms import maml, meta_sgd, pretrain, reptile
 from metalib.models import SinusoidMLP, parameters_of
 from metalib.tasks import SinusoidTasks, TaskBatch
-from metalib.training import SCHEDULES, Callback, Curve, History, evaluate, train_loop
+from metalib.training import Callback, Curve, History, check_outer_lr, evaluate, train_loop
 
 METHODS = ("maml", "fomaml", "reptile", "meta-sgd", "anil", "pretrain")
 # What differs from the shared defaults, per method (see each module for why).
@@ -59,22 +59,12 @@ class SinusoidConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        if self.method not in METHODS:
-            raise ValueError(f"method={self.method!r} must be one of {METHODS}.")
-        for name in ("meta_steps", "meta_batch_size", "k_shot", "k_query", "inner_steps"):
-            value = getattr(self, name)
-            minimum = 0 if name in ("meta_steps", "inner_steps") else 1
-            if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-                raise ValueError(f"{name}={value!r} must be an integer >= {minimum}.")
+        checks.one_of("method", self.method, METHODS)
+        minimums = {"meta_batch_size": 1, "k_shot": 1, "k_query": 1}
+        for name in ("meta_steps", "inner_steps", "seed", *minimums):
+            checks.count(name, getattr(self, name), minimums.get(name, 0))
         maml.check_hyperparameters(inner_lr=self.inner_lr, inner_steps=self.inner_steps)
-        if not (isinstance(self.outer_lr, int | float) and 0 < self.outer_lr < float("inf")):
-            raise ValueError(f"outer_lr={self.outer_lr!r} must be a finite positive number.")
-        if self.outer_lr_schedule not in SCHEDULES:
-            raise ValueError(
-                f"outer_lr_schedule={self.outer_lr_schedule!r} must be one of {SCHEDULES}."
-            )
-        if self.seed < 0:
-            raise ValueError(f"seed={self.seed!r} must be >= 0.")
+        check_outer_lr(self.outer_lr, self.outer_lr_schedule)
         if self.method == "fomaml" and not self.first_order:
             raise ValueError("method='fomaml' is first-order by definition: set first_order=True.")
         if self.method in ("reptile", "pretrain") and self.first_order:
@@ -85,8 +75,7 @@ class SinusoidConfig:
     @classmethod
     def for_method(cls, method: str, **overrides: Any) -> SinusoidConfig:
         """The recipe of ``method``: shared defaults, the method's own, then ``overrides``."""
-        if method not in METHODS:
-            raise ValueError(f"method={method!r} must be one of {METHODS}.")
+        checks.one_of("method", method, METHODS)
         return cls(**{"method": method, **METHOD_DEFAULTS.get(method, {}), **overrides})
 
     @classmethod
@@ -349,8 +338,7 @@ def outer_steps_per_second(
     and three steps, after three warm-up steps: sample a meta-batch, the meta-loss, backward,
     one Adam step. Used by chapter 03 and ``benchmarks/sinusoid_training_speed.py``.
     """
-    if not (isinstance(seconds, int | float) and 0 < seconds < float("inf")):
-        raise ValueError(f"seconds={seconds!r} must be a finite positive number.")
+    checks.positive_number("seconds", seconds)
     config = config or SinusoidConfig()
     dev = runtime.device(None if device is None else str(device))
     learner = make_learner(config, dev)

@@ -15,6 +15,8 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
+from metalib import checks
+
 
 class TaskBatch(NamedTuple):
     """A batch of regression tasks; index 0 of every tensor is the task.
@@ -54,12 +56,6 @@ def _check_range(name: str, value: tuple[float, float]) -> tuple[float, float]:
     if not (math.isfinite(low) and math.isfinite(high)) or low > high:
         raise ValueError(f"{name}={value!r} must be a finite (low, high) pair with low <= high.")
     return low, high
-
-
-def _check_count(name: str, value: int, minimum: int) -> int:
-    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
-        raise ValueError(f"{name}={value!r} must be an integer >= {minimum}.")
-    return value
 
 
 @dataclass(frozen=True)
@@ -116,9 +112,9 @@ class SinusoidTasks:
         Returns:
             A :class:`TaskBatch` with x and y of shape ``(n_tasks, k, 1)``.
         """
-        _check_count("n_tasks", n_tasks, 1)
-        _check_count("k_shot", k_shot, 1)
-        _check_count("k_query", k_query, 1)
+        checks.count("n_tasks", n_tasks, 1)
+        checks.count("k_shot", k_shot, 1)
+        checks.count("k_query", k_query, 1)
         if not isinstance(generator, torch.Generator):
             raise ValueError(f"generator={generator!r} must be a torch.Generator.")
         s_low, s_high = self._sub_range("support_range", support_range)
@@ -156,4 +152,4 @@ class SinusoidTasks:
 
     def grid(self, n: int = 200) -> Tensor:
         """``n`` evenly spaced x values over ``x_range``, shaped ``(n, 1)`` for plotting."""
-        return torch.linspace(*self.x_range, _check_count("n", n, 2)).unsqueeze(-1)
+        return torch.linspace(*self.x_range, checks.count("n", n, 2)).unsqueeze(-1)

@@ -20,6 +20,7 @@ from torch import Tensor, nn
 from torch.func import functional_call, vmap
 from tqdm.auto import tqdm
 
+from metalib import checks
 from metalib.algorithms import maml
 from metalib.tasks import TaskBatch
 
@@ -43,6 +44,12 @@ class History:
 
 
 SCHEDULES = ("constant", "cosine")
+
+
+def check_outer_lr(outer_lr: float, outer_lr_schedule: str) -> None:
+    """Raise ``ValueError`` unless β is finite and positive and the schedule is known."""
+    checks.positive_number("outer_lr", outer_lr)
+    checks.one_of("outer_lr_schedule", outer_lr_schedule, SCHEDULES)
 
 
 def train_loop(
@@ -81,23 +88,18 @@ def train_loop(
     Raises:
         FloatingPointError: when the loss is NaN or infinite, naming the step.
     """
-    if isinstance(meta_steps, bool) or not isinstance(meta_steps, int) or meta_steps < 0:
-        raise ValueError(f"meta_steps={meta_steps!r} must be an integer >= 0.")
-    if not math.isfinite(outer_lr) or outer_lr <= 0:
-        raise ValueError(f"outer_lr={outer_lr!r} must be a finite positive number.")
+    checks.count("meta_steps", meta_steps, 0)
+    check_outer_lr(outer_lr, outer_lr_schedule)
+    checks.count("save_every", save_every, 1)
     leaves = list(params.values())
     if not all(p.is_leaf and p.requires_grad for p in leaves):
         raise ValueError("params must be leaf tensors with requires_grad=True.")
-    if outer_lr_schedule not in SCHEDULES:
-        raise ValueError(f"outer_lr_schedule={outer_lr_schedule!r} must be one of {SCHEDULES}.")
     optimizer = torch.optim.Adam(leaves, lr=outer_lr)
     schedule = (
         torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(meta_steps, 1))
         if outer_lr_schedule == "cosine"
         else None
     )
-    if isinstance(save_every, bool) or not isinstance(save_every, int) or save_every < 1:
-        raise ValueError(f"save_every={save_every!r} must be an integer >= 1.")
     history, first = History(), 0
     if resume is not None:
         optimizer.load_state_dict(resume["optimizer"])

@@ -29,6 +29,7 @@ from matplotlib.figure import Figure
 from torch import nn
 from torch.func import functional_call
 
+from metalib import checks
 from metalib.algorithms import maml
 from metalib.algorithms.maml import InnerLr
 from metalib.data.episodes import EpisodeSampler
@@ -236,6 +237,7 @@ class EpisodePanel:
 
     def __init__(self, dataset: Omniglot, classes: ClassSplit, *, seed: int = 0) -> None:
         self.dataset, self.classes = dataset, classes
+        self.sampler = EpisodeSampler(dataset, classes, k_shot=1, k_query=1)  # images, once
         self.generator = torch.Generator().manual_seed(seed)
         self.controls = {
             "n_way": _slider(widgets.IntSlider, "n_way", value=5, min=2, max=min(20, len(classes))),
@@ -255,9 +257,7 @@ class EpisodePanel:
     def redraw(self) -> None:
         """Draw a new episode with the current slider values."""
         n_way, k_shot, k_query = (self.controls[n].value for n in ("n_way", "k_shot", "k_query"))
-        sampler = EpisodeSampler(
-            self.dataset, self.classes, n_way=n_way, k_shot=k_shot, k_query=k_query
-        )
+        sampler = self.sampler.with_shape(n_way=n_way, k_shot=k_shot, k_query=k_query)
         classes, drawers = sampler.sample_indices(1, generator=self.generator)
         self.episode = sampler.gather(classes, drawers)
         figure = Figure(
@@ -357,9 +357,8 @@ class TrainingMonitor:
     """
 
     def __init__(self, *, every: int = 50, evaluate=None, eval_every: int = 1000) -> None:
-        for name, value in (("every", every), ("eval_every", eval_every)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name}={value!r} must be an integer >= 1.")
+        checks.count("every", every, 1)
+        checks.count("eval_every", eval_every, 1)
         self.every, self.evaluate, self.eval_every = every, evaluate, eval_every
         self.losses: list[float] = []
         self.accuracy: dict[int, float] = {}

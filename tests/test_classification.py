@@ -69,24 +69,25 @@ def test_training_beats_chance(tiny):
     assert curve.mean[3] > 0.3 and curve.mean[3] > curve.mean[0], curve.mean
 
 
+def ctrl_c_at_step_2(config, data, state):
+    """Train with ``state`` as the resume file and press Ctrl-C after step 2."""
+
+    def interrupt(step, loss):
+        if step == 2:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        classification.train_omniglot(
+            config, data=data, device="cpu", progress=False, resume_path=state, callback=interrupt
+        )
+
+
 def test_resume_after_ctrl_c_gives_the_uninterrupted_result(tiny, tmp_path):
     config = tiny_config()
     straight = classification.train_omniglot(config, data=tiny, device="cpu", progress=False)
 
-    def interrupt_at_step_2(step, loss):
-        if step == 2:
-            raise KeyboardInterrupt
-
     state = tmp_path / "run.resume.pt"
-    with pytest.raises(KeyboardInterrupt):
-        classification.train_omniglot(
-            config,
-            data=tiny,
-            device="cpu",
-            progress=False,
-            resume_path=state,
-            callback=interrupt_at_step_2,
-        )
+    ctrl_c_at_step_2(config, tiny, state)
     assert state.is_file()
     resumed = classification.train_omniglot(
         config, data=tiny, device="cpu", progress=False, resume_path=state
@@ -163,20 +164,8 @@ def test_running_statistics_option_trains_saves_and_resumes(tiny, tmp_path):
     running = straight.model.features[1].running_mean
     assert running.abs().sum() > 0, "training updated the running statistics"
 
-    def interrupt_at_step_2(step, loss):
-        if step == 2:
-            raise KeyboardInterrupt
-
     state = tmp_path / "run.resume.pt"
-    with pytest.raises(KeyboardInterrupt):
-        classification.train_omniglot(
-            config,
-            data=tiny,
-            device="cpu",
-            progress=False,
-            resume_path=state,
-            callback=interrupt_at_step_2,
-        )
+    ctrl_c_at_step_2(config, tiny, state)
     resumed = classification.train_omniglot(
         config, data=tiny, device="cpu", progress=False, resume_path=state
     )

@@ -125,3 +125,15 @@ def test_episodes_stay_on_the_gpu(small):
     batch = sampler.sample(32, generator=torch.Generator(device="cuda").manual_seed(0))
     assert all(t.device.type == "cuda" for t in batch)
     assert batch.x_query.shape == (32, 75, 1, 28, 28)
+
+
+def test_with_shape_shares_the_images_and_checks_the_new_shape(sampler):
+    wider = sampler.with_shape(n_way=10, k_shot=3, k_query=4)
+    assert wider.images.data_ptr() == sampler.images.data_ptr()
+    batch = wider.sample(2, generator=torch.Generator().manual_seed(0))
+    assert batch.x_support.shape == (2, 30, 1, 28, 28) and batch.x_query.shape == (2, 40, 1, 28, 28)
+    assert (sampler.n_way, sampler.k_shot, sampler.k_query) == (5, 2, 3), (
+        "the original is unchanged"
+    )
+    with pytest.raises(ValueError, match="n_way=21"):
+        sampler.with_shape(n_way=21, k_shot=1, k_query=1)

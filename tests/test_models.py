@@ -68,6 +68,13 @@ def tiny_sampler(small_omniglot, tmp_path):
     return episodes.EpisodeSampler(data, classes, n_way=5, k_shot=1, k_query=3)
 
 
+def in_double(batch):
+    """The episodes with float64 images (labels stay integers)."""
+    return episodes.Episodes(
+        batch.x_support.double(), batch.y_support, batch.x_query.double(), batch.y_query
+    )
+
+
 def meta_gradient(meta_loss_fn, model, params, batch, **kwargs):
     loss = meta_loss_fn(model, params, batch, loss_fn=F.cross_entropy, inner_lr=0.4, **kwargs)
     return torch.autograd.grad(loss, list(params.values()))
@@ -93,9 +100,7 @@ def test_convnet_meta_gradient_vmap_equals_loop_and_oracle(tiny_sampler):
     model = ConvNet(5, hidden=8).double()
     params = clone_parameters(parameters_of(model))
     batch = tiny_sampler.sample(3, generator=torch.Generator().manual_seed(0))
-    batch = episodes.Episodes(
-        batch.x_support.double(), batch.y_support, batch.x_query.double(), batch.y_query
-    )
+    batch = in_double(batch)
     batched = meta_gradient(maml.meta_loss, model, params, batch)
     looped = meta_gradient(maml.meta_loss_loop, model, params, batch)
     oracle = oracle_meta_gradient(model, params, batch)
@@ -122,9 +127,7 @@ def test_fused_batch_norm_under_vmap_gives_a_wrong_second_derivative(tiny_sample
         torch.nn.LazyLinear(5),
     ).double()
     batch = tiny_sampler.sample(3, generator=torch.Generator().manual_seed(0))
-    batch = episodes.Episodes(
-        batch.x_support.double(), batch.y_support, batch.x_query.double(), batch.y_query
-    )
+    batch = in_double(batch)
     model(batch.x_support[0])  # materialise the lazy layer
     params = clone_parameters(parameters_of(model))
     batched = meta_gradient(maml.meta_loss, model, params, batch)
@@ -227,9 +230,7 @@ def test_maml_with_running_statistics_trains_under_vmap(tiny_sampler):
     model = ConvNet(5, hidden=8, transductive_bn=False).double()
     params = clone_parameters(parameters_of(model))
     batch = tiny_sampler.sample(3, generator=torch.Generator().manual_seed(4))
-    batch = episodes.Episodes(
-        batch.x_support.double(), batch.y_support, batch.x_query.double(), batch.y_query
-    )
+    batch = in_double(batch)
     batched = meta_gradient(maml.meta_loss, model, params, batch)
     looped = meta_gradient(maml.meta_loss_loop, model, params, batch)
     for a, b in zip(batched, looped, strict=True):

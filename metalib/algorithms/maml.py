@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import functional_call, grad, vmap
 
+from metalib import checks
 from metalib.tasks import TaskBatch
 
 LossFn = Callable[[Tensor, Tensor], Tensor]
@@ -46,8 +47,7 @@ def check_hyperparameters(*, inner_lr: InnerLr, inner_steps: int) -> None:
         raise ValueError(f"inner_lr={inner_lr!r} must be a finite number.")
     elif not math.isfinite(inner_lr):
         raise ValueError(f"inner_lr={inner_lr!r} must be finite: try 0.01 for sinusoids.")
-    if isinstance(inner_steps, bool) or not isinstance(inner_steps, int) or inner_steps < 0:
-        raise ValueError(f"inner_steps={inner_steps!r} must be an integer >= 0.")
+    checks.count("inner_steps", inner_steps, 0)
 
 
 def adapted_names(params: Params, adapt_only: Collection[str] | None) -> list[str]:

@@ -11,10 +11,12 @@ tasks, classes or images, so on a GPU a meta-batch never leaves the device. Taug
 
 from __future__ import annotations
 
+import copy
 from typing import NamedTuple
 
 import torch
 
+from metalib import checks
 from metalib.data.omniglot import Omniglot
 from metalib.data.splits import ClassSplit
 
@@ -37,18 +39,6 @@ class Episodes(NamedTuple):
 
     def __len__(self) -> int:  # the number of tasks, not of fields, as for TaskBatch
         return self.x_support.shape[0]
-
-
-def _check_int(name: str, value: object, low: int, high: int | None = None) -> int:
-    if (
-        not isinstance(value, int)
-        or isinstance(value, bool)
-        or value < low
-        or (high is not None and value > high)
-    ):
-        limit = f"between {low} and {high}" if high is not None else f">= {low}"
-        raise ValueError(f"{name}={value!r} must be an integer {limit}.")
-    return value
 
 
 def _choose(tasks: int, n: int, population: int, generator: torch.Generator) -> torch.Tensor:
@@ -95,14 +85,6 @@ class EpisodeSampler:
         k_query: int = 15,
         device: torch.device | str = "cpu",
     ) -> None:
-        self.n_way = _check_int("n_way", n_way, 2, len(classes))
-        self.k_shot = _check_int("k_shot", k_shot, 1)
-        self.k_query = _check_int("k_query", k_query, 1)
-        if k_shot + k_query > dataset.drawers:
-            raise ValueError(
-                f"k_shot + k_query = {k_shot} + {k_query} exceeds the {dataset.drawers} "
-                "images per class: draw fewer."
-            )
         self.classes = classes
         self.device = torch.device(device)
         images = dataset.by_character()[classes.characters]  # (classes, drawers, 28, 28)
@@ -110,9 +92,27 @@ class EpisodeSampler:
             chosen = classes.rotations == turns
             images[chosen] = torch.rot90(images[chosen], turns, dims=(-2, -1))
         self.images = images.to(self.device)
+        self._set_shape(n_way, k_shot, k_query)
+
+    def _set_shape(self, n_way: int, k_shot: int, k_query: int) -> None:
+        self.n_way = checks.count("n_way", n_way, 2, len(self.classes))
+        self.k_shot = checks.count("k_shot", k_shot, 1)
+        self.k_query = checks.count("k_query", k_query, 1)
+        drawers = self.images.shape[1]
+        if k_shot + k_query > drawers:
+            raise ValueError(
+                f"k_shot + k_query = {k_shot} + {k_query} exceeds the {drawers} "
+                "images per class: draw fewer."
+            )
         labels = torch.arange(n_way, device=self.device)
         self._y_support = labels.repeat_interleave(k_shot)  # (n_way * k_shot,)
         self._y_query = labels.repeat_interleave(k_query)  # (n_way * k_query,)
+
+    def with_shape(self, *, n_way: int, k_shot: int, k_query: int) -> EpisodeSampler:
+        """A sampler of other episode sizes over the same classes, sharing the images."""
+        other = copy.copy(self)
+        other._set_shape(n_way, k_shot, k_query)
+        return other
 
     def __repr__(self) -> str:
         return (
@@ -131,7 +131,7 @@ class EpisodeSampler:
             ``t`` is class ``classes[t, j]``), and ``drawers``
             ``(tasks, n_way, k_shot + k_query)``, distinct per class, support first.
         """
-        _check_int("tasks", tasks, 1)
+        checks.count("tasks", tasks, 1)
         where = generator.device
         classes = _choose(tasks, self.n_way, len(self.classes), generator)  # (tasks, n_way)
         drawers = torch.rand(
