@@ -21,7 +21,7 @@ import shlex
 import sys
 from collections.abc import Sequence
 
-from metalib import checkpoints, classification, runtime
+from metalib import checkpoints, classification, metric, runtime
 from metalib.data import omniglot, splits
 from metalib.recipes import (
     SinusoidConfig,
@@ -40,7 +40,11 @@ RECIPES = {
     "sinusoid-pretrain": "the paper's baseline: one network regressed on all tasks",
     "maml-omniglot": "MAML on Omniglot (Finn et al. 2017, section 5.2), the paper's settings",
     "fomaml-omniglot": "first-order MAML on Omniglot",
+    "protonet-omniglot": "Prototypical Networks (Snell et al. 2017) on Omniglot",
+    "matching-omniglot": "Matching Networks (Vinyals et al. 2016), no full-context embeddings",
+    "siamese-omniglot": "Siamese networks (Koch et al. 2015) for one-shot classification",
 }
+METRIC_RECIPES = tuple(f"{m}-omniglot" for m in metric.METHODS)
 REPORT_STEPS = (0, 1, 5, 10)
 
 
@@ -99,7 +103,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     omniglot_flags = train.add_argument_group("Omniglot recipes")
     omniglot_flags.add_argument(
-        "--n-way", type=_positive_int, default=None, help="classes per episode (default: 5)"
+        "--n-way",
+        type=_positive_int,
+        default=None,
+        help="classes per episode (default: 5); metric recipes: per test episode",
+    )
+    omniglot_flags.add_argument(
+        "--train-way",
+        type=_positive_int,
+        default=None,
+        help="metric recipes: classes per training episode (default: 60, as ProtoNets)",
     )
     omniglot_flags.add_argument(
         "--split", choices=splits.SCHEMES, default=None, help="class split (default: vinyals)"
@@ -114,7 +127,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--episodes",
         type=_positive_int,
         default=None,
-        help="test episodes for the accuracy in the sidecar (default: 600)",
+        help="test episodes for the accuracy in the sidecar (default: 600 for MAML, 1000 "
+        "for the metric recipes)",
     )
     omniglot_flags.add_argument(
         "--save-every",
@@ -148,8 +162,9 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument(
         "--episodes",
         type=_positive_int,
-        default=600,
-        help="Omniglot: number of test episodes (default: %(default)s)",
+        default=None,
+        help="Omniglot: number of test episodes (default: 600 for MAML, 1000 for the metric "
+        "recipes)",
     )
     evaluate.add_argument(
         "--tasks",
@@ -217,7 +232,7 @@ def _overrides(args: argparse.Namespace, names: Sequence[str]) -> dict:
 
 
 def _train(args: argparse.Namespace, argv: Sequence[str]) -> dict:
-    for flag in ("n_way", "split", "save_every", "episodes", "batch_norm"):
+    for flag in ("n_way", "train_way", "split", "save_every", "episodes", "batch_norm"):
         if getattr(args, flag) is not None:
             raise ValueError(
                 f"--{flag.replace('_', '-')} applies to Omniglot recipes, not {args.recipe}."
@@ -246,7 +261,73 @@ def _train(args: argparse.Namespace, argv: Sequence[str]) -> dict:
     }
 
 
+def _train_metric(args: argparse.Namespace, argv: Sequence[str]) -> dict:
+    for flag in ("meta_batch_size", "inner_steps", "inner_lr", "save_every", "batch_norm"):
+        if getattr(args, flag) is not None:
+            raise ValueError(f"--{flag.replace('_', '-')} does not apply to {args.recipe}.")
+    if args.first_order:
+        raise ValueError(f"--first-order does not apply to {args.recipe}: it has no inner loop.")
+    overrides = _overrides(args, ("n_way", "k_shot", "train_way", "k_query", "meta_steps"))
+    overrides.update(_overrides(args, ("outer_lr", "seed")))
+    config = metric.MetricConfig(
+        method=args.recipe.removesuffix("-omniglot"), scheme=args.split or "vinyals", **overrides
+    )
+    device = runtime.device(args.device)
+    data = omniglot.load()
+    trained = metric.train_metric(config, data=data, device=device, progress=not args.no_progress)
+    episodes = args.episodes or 1000
+    accuracy = {}
+    for n_way in sorted({config.n_way, 5, 20}):
+        sampler = metric.evaluation_sampler(
+            data, scheme=config.scheme, n_way=n_way, k_shot=config.k_shot, device=device
+        )
+        score = metric.evaluate_metric(trained.model, config, sampler, n_episodes=episodes)
+        accuracy[f"{n_way}-way {config.k_shot}-shot"] = score.to_dict()
+    losses = trained.history.losses
+    tail = losses[-100:] or [float("nan")]
+    metrics = {
+        "steps": len(losses),
+        "final_train_loss_mean_last_100": sum(tail) / len(tail),
+        "test_accuracy": accuracy,
+    }
+    command = "python -m metalib " + shlex.join(argv)
+    pt_path, json_path = metric.save_metric(trained, args.out, metrics=metrics, command=command)
+    return {
+        "checkpoint": str(pt_path),
+        "sidecar": str(json_path),
+        "wall_time_s": round(trained.history.seconds, 2),
+        **metrics,
+    }
+
+
+def _evaluate_metric(args: argparse.Namespace) -> dict:
+    if args.inner_lr is not None:
+        raise ValueError("--inner-lr does not apply to metric-based checkpoints.")
+    device = runtime.device(args.device)
+    config, model = metric.load_metric(args.checkpoint, device=device)
+    n_way = config.n_way if args.n_way is None else args.n_way
+    k_shot = config.k_shot if args.k_shot is None else args.k_shot
+    sampler = metric.evaluation_sampler(
+        omniglot.load(), scheme=config.scheme, n_way=n_way, k_shot=k_shot, device=device
+    )
+    episodes = args.episodes or 1000
+    score = metric.evaluate_metric(model, config, sampler, n_episodes=episodes)
+    return {
+        "checkpoint": args.checkpoint,
+        "recipe": config.recipe,
+        "n_way": n_way,
+        "k_shot": k_shot,
+        "split": config.scheme,
+        "episodes": episodes,
+        "accuracy": {"mean": score.mean, "ci95": score.ci95},
+    }
+
+
 def _train_omniglot(args: argparse.Namespace, argv: Sequence[str]) -> dict:
+    if args.recipe in METRIC_RECIPES:
+        return _train_metric(args, argv)
+    if args.train_way is not None:
+        raise ValueError(f"--train-way applies to the metric recipes, not {args.recipe}.")
     overrides = _overrides(args, SHARED_HYPERPARAMETERS)  # k_shot goes to paper()
     method = args.recipe.removesuffix("-omniglot")
     if args.first_order or method == "fomaml":
@@ -313,11 +394,12 @@ def _evaluate_omniglot(args: argparse.Namespace) -> dict:
         data, test_config, split="test", k_query=classification.TEST_K_QUERY, device=device
     )
     inner_lr = config.inner_lr if args.inner_lr is None else args.inner_lr
+    episodes = args.episodes or 600
     curve = classification.evaluate_omniglot(
         model,
         params,
         sampler,
-        n_episodes=args.episodes,
+        n_episodes=episodes,
         inner_lr=inner_lr,
         max_steps=config.test_inner_steps,
     )
@@ -328,7 +410,7 @@ def _evaluate_omniglot(args: argparse.Namespace) -> dict:
         "n_way": n_way,
         "k_shot": k_shot,
         "split": config.scheme,
-        "episodes": args.episodes,
+        "episodes": episodes,
         "inner_lr": inner_lr,
         "inner_steps": last,
         "accuracy": {"mean": curve.mean[last], "ci95": curve.ci95[last]},
@@ -339,6 +421,8 @@ def _evaluate_omniglot(args: argparse.Namespace) -> dict:
 def _evaluate(args: argparse.Namespace) -> dict:
     pt_path, json_path = checkpoints.paths(args.checkpoint)
     recipe = json.loads(json_path.read_text()).get("recipe", "") if json_path.is_file() else ""
+    if pt_path.is_file() and recipe in METRIC_RECIPES:
+        return _evaluate_metric(args)
     if pt_path.is_file() and recipe.endswith("-omniglot"):
         return _evaluate_omniglot(args)
     if args.n_way is not None:

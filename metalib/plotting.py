@@ -270,3 +270,51 @@ def plot_predictions(
         colors=[RIGHT_COLOR if r else WRONG_COLOR for r in right],
         title=title,
     )
+
+
+def pca_2d(points: Tensor) -> Tensor:
+    """Project ``(n, dim)`` points on their first two principal components: ``(n, 2)``."""
+    centred = points - points.mean(dim=0)  # (n, dim)
+    _, _, v = torch.linalg.svd(centred, full_matrices=False)  # v: (min(n, dim), dim)
+    return centred @ v[:2].T  # (n, 2)
+
+
+def plot_embedding(
+    query_embeddings: Tensor,
+    y_query: Tensor,
+    prototypes: Tensor,
+    *,
+    ax: Axes | None = None,
+    title: str | None = None,
+) -> Axes:
+    """Queries (dots) and prototypes (stars) of one episode in a 2-D PCA projection.
+
+    Args:
+        query_embeddings: ``(n_query, dim)``; y_query ``(n_query,)`` labels ``0..n_way-1``.
+        prototypes: ``(n_way, dim)``, row ``k`` the prototype of label ``k``.
+
+    The projection is fitted on queries and prototypes together, so both share the axes.
+    """
+    ax = _axes(ax)
+    n_way = len(prototypes)
+    flat = pca_2d(torch.cat([query_embeddings, prototypes]).detach().float().cpu())
+    queries, protos = flat[: len(query_embeddings)], flat[len(query_embeddings) :]
+    colors = plt.get_cmap("tab10" if n_way <= 10 else "tab20")
+    labels = y_query.detach().cpu()
+    for k in range(n_way):
+        mine = queries[labels == k]
+        ax.scatter(mine[:, 0], mine[:, 1], s=14, color=colors(k % colors.N), alpha=0.7)
+        ax.scatter(
+            protos[k, 0],
+            protos[k, 1],
+            s=220,
+            marker="*",
+            color=colors(k % colors.N),
+            edgecolor="black",
+            linewidth=1.0,
+            label=f"prototype {k}" if n_way <= 5 else None,
+        )
+    ax.set(xticks=[], yticks=[], xlabel="PC 1", ylabel="PC 2", title=title or "")
+    if n_way <= 5:
+        ax.legend(fontsize=7, loc="best")
+    return ax

@@ -43,7 +43,7 @@ class History:
         return len(self.losses)
 
 
-SCHEDULES = ("constant", "cosine")
+SCHEDULES = ("constant", "cosine", "halving")
 
 
 def check_outer_lr(outer_lr: float, outer_lr_schedule: str) -> None:
@@ -65,6 +65,7 @@ def train_loop(
     resume: dict | None = None,
     save_state: Callable[[dict], None] | None = None,
     save_every: int = 200,
+    halve_every: int = 2_000,
 ) -> History:
     """Minimise ``step_loss`` over ``meta_steps`` outer steps of Adam on ``params``.
 
@@ -75,7 +76,8 @@ def train_loop(
         outer_lr: β, Adam's learning rate (paper: 0.001).
         outer_lr_schedule: ``"constant"`` (the paper) or ``"cosine"``: β decays from
             ``outer_lr`` to 0 over ``meta_steps`` along half a cosine (Loshchilov & Hutter,
-            "SGDR", ICLR 2017), which reaches a lower loss in a fixed number of steps.
+            "SGDR", ICLR 2017), which reaches a lower loss in a fixed number of steps;
+            ``"halving"``: β halves every ``halve_every`` steps (Prototypical Networks).
         callback: called as ``callback(step, loss)`` after each step; True stops training.
         progress: show a ``tqdm`` progress bar.
         resume: a state given earlier to ``save_state``: training continues from its step
@@ -84,6 +86,7 @@ def train_loop(
         save_state: called with the loop's state (``step``, ``optimizer``,
             ``schedule``, ``losses``, ``seconds``) every ``save_every`` steps, at the end,
             and when training is interrupted (``KeyboardInterrupt``), before re-raising.
+        halve_every: steps between halvings of β (schedule ``"halving"`` only).
 
     Raises:
         FloatingPointError: when the loss is NaN or infinite, naming the step.
@@ -91,15 +94,16 @@ def train_loop(
     checks.count("meta_steps", meta_steps, 0)
     check_outer_lr(outer_lr, outer_lr_schedule)
     checks.count("save_every", save_every, 1)
+    checks.count("halve_every", halve_every, 1)
     leaves = list(params.values())
     if not all(p.is_leaf and p.requires_grad for p in leaves):
         raise ValueError("params must be leaf tensors with requires_grad=True.")
-    optimizer = torch.optim.Adam(leaves, lr=outer_lr)
-    schedule = (
-        torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(meta_steps, 1))
-        if outer_lr_schedule == "cosine"
-        else None
-    )
+    optimizer = torch.optim.Adam(leaves, lr=outer_lr, foreach=True)
+    schedule = None
+    if outer_lr_schedule == "cosine":
+        schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(meta_steps, 1))
+    elif outer_lr_schedule == "halving":
+        schedule = torch.optim.lr_scheduler.StepLR(optimizer, step_size=halve_every, gamma=0.5)
     history, first = History(), 0
     if resume is not None:
         optimizer.load_state_dict(resume["optimizer"])

@@ -14,6 +14,10 @@ reader picks, and a new one at each press of its button. Used in
 test accuracy, while training runs. :class:`AccuracyPanel` redraws the per-step accuracy
 of a classifier for chosen test-time inner steps and step size. Both are used in
 ``notebooks/05_maml_omniglot.ipynb``.
+
+:class:`PrototypePanel` redraws a Prototypical Network's test accuracy and one episode's
+embedding as the reader changes ``n_way`` and ``k_shot`` at test time. Used in
+``notebooks/06_prototypical_networks.ipynb``.
 """
 
 from __future__ import annotations
@@ -29,14 +33,14 @@ from matplotlib.figure import Figure
 from torch import nn
 from torch.func import functional_call
 
-from metalib import checks
-from metalib.algorithms import maml
+from metalib import checks, metric
+from metalib.algorithms import maml, protonet
 from metalib.algorithms.maml import InnerLr
 from metalib.data.episodes import EpisodeSampler
 from metalib.data.omniglot import Omniglot
 from metalib.data.splits import ClassSplit
 from metalib.models import parameters_of
-from metalib.plotting import plot_adaptation, plot_curves, plot_episode
+from metalib.plotting import plot_adaptation, plot_curves, plot_embedding, plot_episode
 from metalib.recipes import Learner
 from metalib.tasks import SinusoidTasks
 from metalib.training import accuracy, evaluate
@@ -388,3 +392,81 @@ class TrainingMonitor:
             text += f" · test accuracy {self.accuracy[last]:.3f} at step {last}"
         self.image.value = _png(figure)
         self.summary.value = text
+
+
+class PrototypePanel:
+    """Sliders for a Prototypical Network's test-time ``n_way`` and ``k_shot``.
+
+    Each change draws ``episodes`` test episodes of that shape (the same seed every
+    time), redraws the mean query accuracy with its 95% interval, and the first
+    episode's queries and prototypes in a 2-D PCA projection.
+
+    Args:
+        model: a trained :class:`~metalib.models.ConvEmbedding`.
+        config: its :class:`~metalib.metric.MetricConfig` (the distance it was trained with).
+        sampler: test episodes (:func:`metalib.metric.evaluation_sampler`); its images are
+            shared, and the sliders set the shape.
+        episodes: episodes per redraw (a few dozen keep it responsive on a CPU).
+        k_query: query images per class in the panel's episodes.
+
+    Attributes:
+        widget, controls (``n_way``, ``k_shot``), summary, image, score.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        config: metric.MetricConfig,
+        sampler: EpisodeSampler,
+        *,
+        episodes: int = 20,
+        k_query: int = 5,
+        seed: int = 0,
+    ) -> None:
+        self.model, self.config, self.sampler = model, config, sampler
+        self.episodes = checks.count("episodes", episodes, 2)
+        self.k_query, self.seed = k_query, seed
+        drawers = sampler.images.shape[1]
+        self.controls = {
+            "n_way": _slider(
+                widgets.IntSlider, "n_way", value=5, min=2, max=min(60, len(sampler.classes))
+            ),
+            "k_shot": _slider(
+                widgets.IntSlider, "k_shot", value=1, min=1, max=min(10, drawers - k_query)
+            ),
+        }
+        self.summary = widgets.HTML()
+        self.image = widgets.Image(format="png")
+        for control in self.controls.values():
+            control.observe(lambda _: self.redraw(), names="value")
+        self.widget = widgets.VBox(
+            [widgets.HBox(list(self.controls.values())), self.summary, self.image]
+        )
+        self.redraw()
+
+    def redraw(self) -> None:
+        n_way, k_shot = self.controls["n_way"].value, self.controls["k_shot"].value
+        sampler = self.sampler.with_shape(n_way=n_way, k_shot=k_shot, k_query=self.k_query)
+        self.score = metric.evaluate_metric(
+            self.model, self.config, sampler, n_episodes=self.episodes, seed=self.seed
+        )
+        generator = torch.Generator(device=sampler.images.device).manual_seed(self.seed)
+        episode = sampler.sample(1, generator=generator)
+        mode = self.model.training
+        self.model.eval()
+        try:
+            with torch.no_grad():
+                support = self.model(episode.x_support)  # (1, n_way * k_shot, dim)
+                query = self.model(episode.x_query)  # (1, n_way * k_query, dim)
+        finally:
+            self.model.train(mode)
+        protos = protonet.prototypes(support, episode.y_support, n_way)[0]  # (n_way, dim)
+        figure = Figure(figsize=(5, 4), dpi=80)
+        plot_embedding(
+            query[0], episode.y_query[0], protos, ax=figure.subplots(), title="one test episode"
+        )
+        self.image.value = _png(figure)
+        self.summary.value = (
+            f"{self.episodes} test episodes, {n_way}-way {k_shot}-shot: accuracy "
+            f"<b>{self.score.mean:.3f} ± {self.score.ci95:.3f}</b>"
+        )

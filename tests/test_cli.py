@@ -254,3 +254,63 @@ def test_omniglot_flags_are_refused_for_sinusoid_recipes(tmp_path, capsys):
         ["train", "sinusoid-maml", "--out", str(tmp_path / "x"), "--n-way", "5"], capsys
     )
     assert code == 2 and "--n-way applies to Omniglot recipes" in err
+
+
+@pytest.mark.parametrize("recipe", ["protonet-omniglot", "matching-omniglot", "siamese-omniglot"])
+def test_train_and_evaluate_metric_recipes(recipe, real_omniglot, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("METALIB_DATA", str(real_omniglot.data_dir))
+    monkeypatch.setenv("METALIB_CACHE", str(real_omniglot.cache_path.parent))
+    stem = tmp_path / "model"
+    argv = ["train", recipe, "--out", str(stem), "--n-way", "5", "--k-shot", "1"]
+    argv += ["--train-way", "10", "--meta-steps", "2", "--episodes", "4", "--device", "cpu"]
+    code, out, err = run([*argv, "--no-progress"], capsys)
+    assert code == 0, err
+    report = json.loads(out)
+    assert report["steps"] == 2 and set(report["test_accuracy"]) == {
+        "5-way 1-shot",
+        "20-way 1-shot",
+    }
+    sidecar = json.loads((tmp_path / "model.json").read_text())
+    assert sidecar["recipe"] == recipe and sidecar["config"]["train_way"] == 10
+    assert sidecar["command"].startswith(f"python -m metalib train {recipe}")
+
+    evaluate = ["evaluate", str(stem) + ".pt", "--episodes", "4", "--device", "cpu"]
+    code, out, err = run([*evaluate, "--n-way", "20", "--k-shot", "5"], capsys)
+    assert code == 0, err
+    result = json.loads(out)
+    assert (result["recipe"], result["n_way"], result["k_shot"], result["episodes"]) == (
+        recipe,
+        20,
+        5,
+        4,
+    )
+    assert 0 <= result["accuracy"]["mean"] <= 1
+
+    code, _, err = run([*evaluate, "--k-shot", "6"], capsys)  # 6 + 15 queries > 20 drawers
+    assert code == 2 and "exceeds the 20 images per class" in err
+    code, _, err = run([*evaluate, "--n-way", "5000"], capsys)
+    assert code == 2 and "n_way=5000" in err
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--inner-lr", "0.1"], "--inner-lr does not apply to protonet-omniglot"),
+        (["--first-order"], "--first-order does not apply"),
+        (["--train-way", "1"], "train_way=1"),
+    ],
+)
+def test_metric_recipe_bad_flags(flags, message, real_omniglot, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("METALIB_DATA", str(real_omniglot.data_dir))
+    monkeypatch.setenv("METALIB_CACHE", str(real_omniglot.cache_path.parent))
+    argv = ["train", "protonet-omniglot", "--out", str(tmp_path / "x"), "--meta-steps", "1"]
+    code, _, err = run([*argv, *flags], capsys)
+    assert code == 2 and message in err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_train_way_is_refused_for_maml(tmp_path, capsys):
+    code, _, err = run(
+        ["train", "maml-omniglot", "--out", str(tmp_path / "x"), "--train-way", "20"], capsys
+    )
+    assert code == 2 and "--train-way applies to the metric recipes" in err

@@ -76,3 +76,24 @@ def test_plot_predictions_colours_right_and_wrong():
         plotting.RIGHT_COLOR,
     ]
     plt.close(ax.figure)
+
+
+def test_pca_2d_keeps_the_two_main_directions():
+    gen = torch.Generator().manual_seed(0)
+    points = torch.randn(200, 3, generator=gen) * torch.tensor([10.0, 3.0, 0.1])
+    flat = plotting.pca_2d(points)
+    assert flat.shape == (200, 2)
+    spread = flat.var(0)
+    assert 60 < spread[0] < 140 and 5 < spread[1] < 14  # variances about 100 and 9
+
+
+def test_plot_embedding_draws_queries_and_prototypes():
+    gen = torch.Generator().manual_seed(0)
+    query, labels = torch.randn(15, 64, generator=gen), torch.arange(5).repeat_interleave(3)
+    protos = torch.randn(5, 64, generator=gen)
+    ax = plotting.plot_embedding(query, labels, protos, title="episode")
+    assert (
+        len(ax.collections) == 10 and ax.get_title() == "episode"
+    )  # a dot set and a star per class
+    assert sum(len(c.get_offsets()) for c in ax.collections) == 15 + 5
+    plt.close(ax.figure)

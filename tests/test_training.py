@@ -65,6 +65,28 @@ def test_outer_lr_schedule_shapes_the_step_sizes(schedule, last_over_first):
     assert low <= moves[-1] / moves[0] <= high
 
 
+def test_halving_schedule_halves_every_halve_every_steps():
+    w = torch.zeros(1, requires_grad=True)
+    seen = [0.0]
+    train_loop(
+        lambda s: (w - 100).pow(2).sum(),
+        {"w": w},
+        meta_steps=12,
+        outer_lr=0.1,
+        outer_lr_schedule="halving",
+        halve_every=4,
+        callback=lambda s, loss: seen.append(w.item()) and False,
+        progress=False,
+    )
+    moves = [b - a for a, b in itertools.pairwise(seen)]  # about 0.1, 0.05, 0.025 per block
+    for block in range(3):
+        expected = 0.1 * 0.5**block
+        for move in moves[4 * block + 1 : 4 * block + 4]:  # Adam's first step is exact
+            assert move == pytest.approx(expected, rel=0.05)
+    with pytest.raises(ValueError, match="halve_every=0"):
+        train_loop(lambda s: w.sum(), {"w": w}, meta_steps=1, halve_every=0, progress=False)
+
+
 def test_unknown_outer_lr_schedule_is_refused():
     w = torch.zeros(1, requires_grad=True)
     with pytest.raises(ValueError, match="outer_lr_schedule='step'"):

@@ -1,6 +1,8 @@
 import pytest
 import torch
 
+from metalib import metric, widgets
+from metalib.data import omniglot
 from metalib.models import SinusoidMLP
 from metalib.widgets import AdaptationPanel
 
@@ -141,3 +143,18 @@ def test_training_monitor_redraws_and_evaluates_on_schedule():
     assert monitor.image.value != first and "test accuracy 0.700 at step 8" in monitor.summary.value
     with pytest.raises(ValueError, match="every=0"):
         TrainingMonitor(every=0)
+
+
+def test_prototype_panel_redraws_for_new_ways_and_shots(small_omniglot, tmp_path):
+    data_dir, specs = small_omniglot
+    data = omniglot.load(data_dir, cache_dir=tmp_path / "cache", download=False, specs=specs)
+    config = metric.MetricConfig(scheme="lake")
+    sampler = metric.evaluation_sampler(data, scheme="lake")
+    panel = widgets.PrototypePanel(config.model(), config, sampler, episodes=4)
+    first_image, first_score = panel.image.value, panel.score
+    assert first_image and "5-way 1-shot" in panel.summary.value
+    panel.controls["n_way"].value = 3
+    assert "3-way 1-shot" in panel.summary.value and panel.image.value != first_image
+    panel.controls["k_shot"].value = 2
+    assert "3-way 2-shot" in panel.summary.value and panel.score != first_score
+    assert panel.controls["n_way"].max == 8  # lake test classes in the tiny archive

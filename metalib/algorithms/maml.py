@@ -113,8 +113,15 @@ def adapt(
         grads = grad(support_loss)(fast, adapted)
         if first_order:
             grads = {n: g.detach() for n, g in grads.items()}
-        adapted = {**adapted, **{n: fast[n] - step[n] * grads[n] for n in names}}
+        adapted = {**adapted, **{n: _descend(fast[n], grads[n], step[n]) for n in names}}
     return adapted
+
+
+def _descend(value: Tensor, gradient: Tensor, step: float | Tensor) -> Tensor:
+    """``value - step * gradient``, in one operation when ``step`` is a number."""
+    if isinstance(step, Tensor):
+        return value - step * gradient
+    return torch.sub(value, gradient, alpha=step)
 
 
 def task_loss(

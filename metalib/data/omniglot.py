@@ -94,6 +94,50 @@ def _decode(archive, member: archives.Member, spec: ArchiveSpec, path: Path) -> 
     return pixels
 
 
+def shrink(ink: torch.Tensor) -> torch.Tensor:
+    """``(n, 1, H, W)`` uint8 ink images → ``(n, 28, 28)`` uint8 (antialiased bilinear)."""
+    small = TF.resize(ink.float(), [IMAGE_SIZE, IMAGE_SIZE], antialias=True)
+    return small.round().clamp(0, 255).to(torch.uint8)[:, 0]  # (n, 28, 28)
+
+
+def image_to_tensor(image: Image.Image | str | os.PathLike[str]) -> torch.Tensor:
+    """A character image as the models see it: ``(1, 28, 28)`` float in [0, 1], ink 1.
+
+    The same steps as the dataset (:func:`load`) and the episodes: dark ink on a light
+    background inverted, resized to 28×28 as the cache is, divided by 255. So an
+    Omniglot PNG gives exactly its image in the episodes.
+
+    Args:
+        image: a PIL image or the path of an image file: 105×105 pixels (the size of the
+            Omniglot PNGs), black and white (mode ``"1"``) or grayscale (``"L"``).
+
+    Raises:
+        FileNotFoundError: if a path does not exist.
+        ValueError: for another size or mode, naming what to do.
+    """
+    if not isinstance(image, Image.Image):
+        path = Path(image)
+        if not path.is_file():
+            raise FileNotFoundError(f"no image at {path}.")
+        with Image.open(path) as opened:
+            return image_to_tensor(opened.copy())
+    if image.mode not in ("1", "L"):
+        raise ValueError(
+            f"image mode {image.mode!r} is not black and white ('1') or grayscale ('L'): "
+            "convert it first with image.convert('L') (dark ink on a light background)."
+        )
+    size = archives.BACKGROUND.image_size
+    if image.size != (size, size):
+        raise ValueError(
+            f"image is {image.size[0]}×{image.size[1]} pixels; Omniglot images are "
+            f"{size}×{size}: crop it to a square and resize it, e.g. "
+            f"image.resize(({size}, {size}))."
+        )
+    pixels = np.asarray(image.convert("L"))  # (105, 105) uint8, background 255
+    ink = 255 - torch.from_numpy(pixels.copy())[None, None]  # (1, 1, 105, 105)
+    return shrink(ink).float().div_(255)  # (1, 28, 28)
+
+
 def _build(paths: Sequence[Path], specs: Sequence[ArchiveSpec]) -> dict:
     """Decode and resize every image of the archives; return the cache's content."""
     images, alphabet, character, drawer = [], [], [], []
@@ -114,9 +158,7 @@ def _build(paths: Sequence[Path], specs: Sequence[ArchiveSpec]) -> dict:
             character.append(len(character_names) - 1)
             drawer.append(m.drawer)
         ink = 255 - torch.from_numpy(np.stack(decoded)).unsqueeze(1)  # (images, 1, 105, 105)
-        for chunk in ink.split(_CHUNK):
-            small = TF.resize(chunk.float(), [IMAGE_SIZE, IMAGE_SIZE], antialias=True)
-            images.append(small.round().clamp(0, 255).to(torch.uint8)[:, 0])  # (chunk, 28, 28)
+        images += [shrink(chunk) for chunk in ink.split(_CHUNK)]
     return {
         "images": torch.cat(images),
         "alphabet": torch.tensor(alphabet),

@@ -1,0 +1,147 @@
+"""Any checkpoint, shipped or your own, as a ready model.
+
+:func:`load` takes a shipped name (``"protonet_omniglot_1shot"``; :func:`shipped` lists
+them) or a ``PATH.pt`` and returns what the recipe trained: a sinusoid
+:class:`~metalib.recipes.Learner`, or for Omniglot a :class:`FewShotClassifier` that
+scores query images against a support set you choose. With
+:func:`metalib.data.omniglot.image_to_tensor` this classifies your own drawings::
+
+    classifier = pretrained.load("protonet_omniglot_1shot")
+    scores = classifier.scores(x_support, y_support, x_query)  # (n_query, n_way)
+
+Used in ``notebooks/06_prototypical_networks.ipynb``.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.func import functional_call
+
+from metalib import checkpoints, classification, metric, recipes
+from metalib.algorithms import maml
+from metalib.runtime import REPO_ROOT
+
+SHIPPED_DIR = REPO_ROOT / "data" / "checkpoints"
+
+
+def shipped() -> list[str]:
+    """Names of the checkpoints in ``data/checkpoints`` (each has a ``.pt`` and a ``.json``)."""
+    return sorted(p.stem for p in SHIPPED_DIR.glob("*.pt") if p.with_suffix(".json").is_file())
+
+
+def path_of(name_or_path: str | os.PathLike[str]) -> Path:
+    """The ``.pt`` path of a shipped name, or ``name_or_path`` itself if it is a path."""
+    text = os.fspath(name_or_path)
+    if os.sep in text or text.endswith(".pt") or Path(text).exists():
+        return checkpoints.paths(text)[0]
+    path = SHIPPED_DIR / f"{text}.pt"
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"no shipped checkpoint named {text!r}; shipped: {shipped()}. Give a PATH.pt for "
+            "your own."
+        )
+    return path
+
+
+class FewShotClassifier:
+    """An Omniglot checkpoint that scores queries against a support set.
+
+    Attributes:
+        recipe: e.g. ``"protonet-omniglot"`` or ``"maml-omniglot"``.
+        config: the training configuration (``MetricConfig`` or ``OmniglotConfig``).
+        sidecar: the checkpoint's JSON sidecar (metrics, command, wall time).
+        model: the network, in eval mode.
+    """
+
+    def __init__(self, recipe: str, config, model: nn.Module, params, sidecar: dict) -> None:
+        self.recipe, self.config, self.model, self.sidecar = recipe, config, model, sidecar
+        self._params = params  # MAML's initial parameters; None for the metric family
+
+    def __repr__(self) -> str:
+        shape = f"{self.config.n_way}-way {self.config.k_shot}-shot"
+        return f"FewShotClassifier({self.recipe}, trained {shape})"
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    def scores(self, x_support: Tensor, y_support: Tensor, x_query: Tensor) -> Tensor:
+        """Class scores ``(n_query, n_way)`` of one episode; the highest is the prediction.
+
+        Args:
+            x_support: ``(n_support, 1, 28, 28)`` images in [0, 1], ink 1 (as from
+                :func:`~metalib.data.omniglot.image_to_tensor` or an episode).
+            y_support: ``(n_support,)`` labels ``0..n_way-1``, every label present.
+            x_query: ``(n_query, 1, 28, 28)``.
+
+        Metric recipes score by their own rule (ProtoNets: minus the squared distance to
+        each prototype); MAML adapts on the support set for its test steps first and
+        returns the adapted network's logits.
+        """
+        for name, x in (("x_support", x_support), ("x_query", x_query)):
+            if x.dim() != 4 or x.shape[1:] != (1, 28, 28):
+                raise ValueError(f"{name} must be (n, 1, 28, 28) images; got {tuple(x.shape)}.")
+        if y_support.shape != x_support.shape[:1]:
+            raise ValueError(
+                f"y_support {tuple(y_support.shape)} must hold one label per support image."
+            )
+        x_support, x_query = x_support.to(self.device), x_query.to(self.device)
+        y_support = y_support.to(self.device)
+        if self._params is None:
+            with torch.no_grad():
+                return metric.episode_logits(
+                    self.model, self.config, x_support[None], y_support[None], x_query[None]
+                )[0]
+        n_way = self.config.n_way
+        if y_support.min() < 0 or y_support.max() >= n_way:
+            raise ValueError(f"this MAML model is {n_way}-way: labels must lie in 0..{n_way - 1}.")
+        adapted = maml.adapt(
+            self.model,
+            self._params,
+            x_support,
+            y_support,
+            loss_fn=F.cross_entropy,
+            inner_lr=self.config.inner_lr,
+            inner_steps=self.config.test_inner_steps,
+        )
+        with torch.no_grad():
+            return functional_call(self.model, adapted, (x_query,))
+
+    def predict(self, x_support: Tensor, y_support: Tensor, x_query: Tensor) -> Tensor:
+        """Predicted labels ``(n_query,)``."""
+        return self.scores(x_support, y_support, x_query).argmax(dim=-1)
+
+
+def load(
+    name_or_path: str | os.PathLike[str], *, device: torch.device | str = "cpu"
+) -> FewShotClassifier | recipes.Learner:
+    """The model of a checkpoint: a shipped name or a ``PATH.pt``.
+
+    Returns:
+        A :class:`~metalib.recipes.Learner` for sinusoid recipes, a
+        :class:`FewShotClassifier` for Omniglot ones.
+
+    Raises:
+        FileNotFoundError: if there is no such checkpoint.
+        ValueError: if the file is not a checkpoint of this course.
+    """
+    path = path_of(name_or_path)
+    sidecar = checkpoints.read_sidecar(path)
+    recipe = str(sidecar.get("recipe", ""))
+    if recipe.startswith("sinusoid-"):
+        return recipes.load_learner(path, device=device)
+    if metric.is_metric_recipe(recipe):
+        config, model = metric.load_metric(path, device=device)
+        return FewShotClassifier(recipe, config, model, None, sidecar)
+    if recipe.endswith("-omniglot"):
+        config, model, params = classification.load_classifier(path, device=device)
+        return FewShotClassifier(recipe, config, model.eval(), params, sidecar)
+    raise ValueError(f"{path} holds recipe {recipe!r}, which this course does not know.")
+
+
+__all__ = ["SHIPPED_DIR", "FewShotClassifier", "load", "path_of", "shipped"]

@@ -1,0 +1,110 @@
+"""The metric-based recipes on the generated tiny archive: training, evaluation, files."""
+
+import json
+
+import pytest
+import torch
+
+from metalib import checkpoints, metric
+from metalib.data import omniglot
+from metalib.metric import MetricConfig
+
+
+@pytest.fixture
+def tiny(small_omniglot, tmp_path):
+    data_dir, specs = small_omniglot
+    return omniglot.load(data_dir, cache_dir=tmp_path / "cache", download=False, specs=specs)
+
+
+def tiny_config(**overrides):
+    # lake: 20 training classes (5 characters x 4 rotations), 8 test classes
+    base = {"scheme": "lake", "train_way": 10, "k_query": 3, "meta_steps": 30, "seed": 0}
+    return MetricConfig(**{**base, **overrides})
+
+
+@pytest.mark.parametrize("method", metric.METHODS)
+def test_training_beats_chance(tiny, method):
+    config = tiny_config(method=method, outer_lr=3e-3)
+    trained = metric.train_metric(config, data=tiny, device="cpu", progress=False)
+    sampler = metric.evaluation_sampler(tiny, scheme="lake", n_way=5, k_shot=1)
+    before = metric.evaluate_metric(config.model(), config, sampler, n_episodes=100)
+    after = metric.evaluate_metric(trained.model, config, sampler, n_episodes=100)
+    assert after.episodes == 100 and 0 < after.ci95 < 0.1
+    # Chance is 0.2; 100 episodes of 75 queries give a standard error of about 0.005.
+    print(method, before, after)
+    assert after.mean > 0.4 and after.mean > before.mean + 0.05, (before, after)
+
+
+def test_evaluation_uses_the_same_episodes_for_every_model(tiny):
+    config = tiny_config()
+    sampler = metric.evaluation_sampler(tiny, scheme="lake", n_way=4, k_shot=2)
+    model = config.model()
+    first = metric.per_episode_accuracy(model, config, sampler, n_episodes=30)
+    again = metric.per_episode_accuracy(model, config, sampler, n_episodes=30)
+    other_seed = metric.per_episode_accuracy(model, config, sampler, n_episodes=30, seed=1)
+    assert torch.equal(first, again) and not torch.equal(first, other_seed)
+    assert first.shape == (30,) and ((first >= 0) & (first <= 1)).all()
+
+
+def test_cosine_distance_is_used_when_asked(tiny):
+    euclid, cosine = tiny_config(), tiny_config(distance="cosine")
+    batch = metric.evaluation_sampler(tiny, scheme="lake").sample(2, generator=torch.Generator())
+    model = euclid.model().eval()
+    with torch.no_grad():
+        a = metric.episode_logits(model, euclid, batch.x_support, batch.y_support, batch.x_query)
+        b = metric.episode_logits(model, cosine, batch.x_support, batch.y_support, batch.x_query)
+    assert b.abs().max() <= 10 + 1e-4 and not torch.allclose(a, b)
+
+
+def test_checkpoint_round_trip(tiny, tmp_path):
+    config = tiny_config(method="matching", meta_steps=3)
+    trained = metric.train_metric(config, data=tiny, device="cpu", progress=False)
+    pt, sidecar = metric.save_metric(trained, tmp_path / "m", metrics={"x": 1}, command="test")
+    loaded_config, model = metric.load_metric(pt)
+    assert loaded_config == config and not model.training
+    for name, value in trained.model.state_dict().items():
+        assert torch.equal(model.state_dict()[name], value)
+    assert json.loads(sidecar.read_text())["recipe"] == "matching-omniglot"
+
+
+def test_load_refuses_other_recipes(tmp_path):
+    checkpoints.save(
+        tmp_path / "s",
+        recipe="sinusoid-maml",
+        config={},
+        state_dict={"w": torch.zeros(1)},
+        metrics={},
+        device="cpu",
+        wall_time_s=0.0,
+        command=None,
+    )
+    with pytest.raises(ValueError, match="'sinusoid-maml', not one of"):
+        metric.load_metric(tmp_path / "s.pt")
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"method": "relation"}, "method='relation'"),
+        ({"train_way": 1}, "train_way=1"),
+        ({"k_shot": 0}, "k_shot=0"),
+        ({"distance": "l1"}, "distance='l1'"),
+        ({"outer_lr": float("inf")}, "outer_lr=inf"),
+        ({"halve_every": 0}, "halve_every=0"),
+        ({"scale": -1.0}, "scale=-1.0"),
+    ],
+)
+def test_bad_config(overrides, message):
+    with pytest.raises(ValueError, match=message):
+        MetricConfig(**overrides)
+
+
+def test_episodes_wider_or_deeper_than_the_split_are_refused(tiny):
+    with pytest.raises(ValueError, match="n_way=21"):  # lake training has 20 classes
+        metric.train_metric(tiny_config(train_way=21), data=tiny, device="cpu", progress=False)
+    with pytest.raises(ValueError, match="k_shot \\+ k_query = 5 \\+ 16 exceeds the 20"):
+        metric.train_metric(
+            tiny_config(k_shot=5, k_query=16), data=tiny, device="cpu", progress=False
+        )
+    with pytest.raises(ValueError, match="n_way=9"):  # lake test has 8 classes
+        metric.evaluation_sampler(tiny, scheme="lake", n_way=9)

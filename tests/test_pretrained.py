@@ -1,0 +1,103 @@
+"""Loading checkpoints into ready models, and classifying one's own images with them."""
+
+import zipfile
+
+import pytest
+import torch
+from PIL import Image
+
+from metalib import metric, pretrained, recipes
+from metalib.data import omniglot
+from metalib.metric import MetricConfig
+
+
+@pytest.fixture
+def tiny(small_omniglot, tmp_path):
+    data_dir, specs = small_omniglot
+    return omniglot.load(data_dir, cache_dir=tmp_path / "cache", download=False, specs=specs)
+
+
+def first_png(zip_path):
+    with zipfile.ZipFile(zip_path) as archive:
+        name = sorted(n for n in archive.namelist() if n.endswith(".png"))[0]
+        return name, archive.read(name)
+
+
+def test_image_to_tensor_matches_the_dataset_pipeline(small_omniglot, tiny, tmp_path):
+    data_dir, _ = small_omniglot
+    _, png = first_png(data_dir / "images_background.zip")  # Alpha/character01, drawer 1
+    path = tmp_path / "mine.png"
+    path.write_bytes(png)
+    from_path = omniglot.image_to_tensor(path)
+    with Image.open(path) as image:
+        from_image = omniglot.image_to_tensor(image)
+    expected = tiny.images[0].float() / 255  # what the episodes hold for that image
+    assert from_path.shape == (1, 28, 28) and from_path.dtype == torch.float32
+    assert torch.equal(from_path[0], expected) and torch.equal(from_image, from_path)
+
+
+def test_image_to_tensor_matches_the_real_dataset(real_omniglot, tmp_path):
+    name, png = first_png(real_omniglot.data_dir / "images_background.zip")
+    (tmp_path / "real.png").write_bytes(png)
+    index = real_omniglot.character_index("/".join(name.split("/")[1:3]))
+    drawer = int(name.rsplit("_", 1)[1][:2]) - 1
+    expected = real_omniglot.by_character()[index, drawer].float() / 255
+    assert torch.equal(omniglot.image_to_tensor(tmp_path / "real.png")[0], expected)
+
+
+def test_image_to_tensor_bad_input(tmp_path):
+    with pytest.raises(ValueError, match="100×100 pixels"):
+        omniglot.image_to_tensor(Image.new("L", (100, 100), 255))
+    with pytest.raises(ValueError, match=r"mode 'RGB'.*convert\('L'\)"):
+        omniglot.image_to_tensor(Image.new("RGB", (105, 105)))
+    with pytest.raises(FileNotFoundError, match="no image at"):
+        omniglot.image_to_tensor(tmp_path / "missing.png")
+    blank = omniglot.image_to_tensor(Image.new("1", (105, 105), 1))  # white: no ink
+    assert torch.equal(blank, torch.zeros(1, 28, 28))
+
+
+def test_shipped_names_load_into_ready_models():
+    names = pretrained.shipped()
+    assert "sinusoid_maml" in names and "maml_omniglot_5w1s_cpu_demo" in names
+    learner = pretrained.load("sinusoid_maml")
+    assert isinstance(learner, recipes.Learner)
+    classifier = pretrained.load("maml_omniglot_5w1s_cpu_demo")
+    assert classifier.recipe == "maml-omniglot" and not classifier.model.training
+    assert classifier.sidecar["metrics"]["test_episodes"] == 600
+    with pytest.raises(FileNotFoundError, match="no shipped checkpoint named 'nope'"):
+        pretrained.load("nope")
+
+
+def test_maml_classifier_adapts_to_the_support_set(tiny):
+    classifier = pretrained.load("maml_omniglot_5w1s_cpu_demo")
+    batch = metric.evaluation_sampler(tiny, scheme="lake", n_way=5, k_shot=1).sample(
+        1, generator=torch.Generator().manual_seed(0)
+    )
+    scores = classifier.scores(batch.x_support[0], batch.y_support[0], batch.x_query[0])
+    assert scores.shape == (75, 5) and torch.isfinite(scores).all()
+    # The tiny archive's rectangles are easy: adapted MAML gets most queries right.
+    accuracy = (
+        classifier.predict(batch.x_support[0], batch.y_support[0], batch.x_query[0])
+        == batch.y_query[0]
+    )
+    assert accuracy.float().mean() > 0.5
+    with pytest.raises(ValueError, match=r"labels must lie in 0\.\.4"):
+        classifier.scores(batch.x_support[0], batch.y_support[0] + 1, batch.x_query[0])
+
+
+def test_metric_classifier_scores_as_the_library_does(tiny, tmp_path):
+    config = MetricConfig(scheme="lake", train_way=10, k_query=3, meta_steps=2)
+    trained = metric.train_metric(config, data=tiny, device="cpu", progress=False)
+    pt, _ = metric.save_metric(trained, tmp_path / "p", metrics={}, command=None)
+    classifier = pretrained.load(pt)
+    batch = metric.evaluation_sampler(tiny, scheme="lake").sample(1, generator=torch.Generator())
+    scores = classifier.scores(batch.x_support[0], batch.y_support[0], batch.x_query[0])
+    with torch.no_grad():
+        expected = metric.episode_logits(
+            trained.model.eval(), config, *batch.support, batch.x_query
+        )
+    torch.testing.assert_close(scores, expected[0])
+    with pytest.raises(ValueError, match=r"x_query must be \(n, 1, 28, 28\)"):
+        classifier.scores(batch.x_support[0], batch.y_support[0], batch.x_query[0, :, 0])
+    with pytest.raises(ValueError, match="one label per support image"):
+        classifier.scores(batch.x_support[0], batch.y_support[0, :2], batch.x_query[0])
