@@ -24,7 +24,10 @@ def tiny_config(**overrides):
 
 @pytest.mark.parametrize("method", metric.METHODS)
 def test_training_beats_chance(tiny, method):
-    config = tiny_config(method=method, outer_lr=3e-3)
+    # The Siamese network learns from pairs, a weaker signal per step: at 30 steps four
+    # seeds scored 0.32-0.40 here, at 60 steps 0.57-0.78.
+    steps = 60 if method == "siamese" else 30
+    config = tiny_config(method=method, outer_lr=3e-3, meta_steps=steps)
     trained = metric.train_metric(config, data=tiny, device="cpu", progress=False)
     sampler = metric.evaluation_sampler(tiny, scheme="lake", n_way=5, k_shot=1)
     before = metric.evaluate_metric(config.model(), config, sampler, n_episodes=100)
