@@ -68,6 +68,7 @@ benchmark: install
 	$(BIN)/python benchmarks/meta_step_speed.py
 	$(BIN)/python benchmarks/omniglot_data_speed.py
 	$(BIN)/python benchmarks/omniglot_maml_speed.py
+	$(BIN)/python benchmarks/protonet_speed.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

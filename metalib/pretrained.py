@@ -22,16 +22,14 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import functional_call
 
-from metalib import checkpoints, classification, metric, recipes
+from metalib import checkpoints, classification, metric, recipes, runtime
 from metalib.algorithms import maml
-from metalib.runtime import REPO_ROOT
-
-SHIPPED_DIR = REPO_ROOT / "data" / "checkpoints"
 
 
 def shipped() -> list[str]:
     """Names of the checkpoints in ``data/checkpoints`` (each has a ``.pt`` and a ``.json``)."""
-    return sorted(p.stem for p in SHIPPED_DIR.glob("*.pt") if p.with_suffix(".json").is_file())
+    folder = runtime.checkpoint_dir()
+    return sorted(p.stem for p in folder.glob("*.pt") if p.with_suffix(".json").is_file())
 
 
 def path_of(name_or_path: str | os.PathLike[str]) -> Path:
@@ -39,7 +37,7 @@ def path_of(name_or_path: str | os.PathLike[str]) -> Path:
     text = os.fspath(name_or_path)
     if os.sep in text or text.endswith(".pt") or Path(text).exists():
         return checkpoints.paths(text)[0]
-    path = SHIPPED_DIR / f"{text}.pt"
+    path = runtime.checkpoint_dir() / f"{text}.pt"
     if not path.is_file():
         raise FileNotFoundError(
             f"no shipped checkpoint named {text!r}; shipped: {shipped()}. Give a PATH.pt for "
@@ -144,4 +142,4 @@ def load(
     raise ValueError(f"{path} holds recipe {recipe!r}, which this course does not know.")
 
 
-__all__ = ["SHIPPED_DIR", "FewShotClassifier", "load", "path_of", "shipped"]
+__all__ = ["FewShotClassifier", "load", "path_of", "shipped"]

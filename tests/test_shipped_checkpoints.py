@@ -97,3 +97,32 @@ def test_shipped_omniglot_checkpoint_matches_its_sidecar(real_omniglot, monkeypa
     result = json.loads(out.getvalue())
     # 40 episodes: a ±2% interval around the sidecar's 92%.
     assert result["accuracy"]["mean"] >= 0.85 and result["accuracy_by_step"]["0"]["mean"] < 0.3
+
+
+# The metric-based checkpoints of chapter 06: (name, k_shot, the sidecar's settings).
+METRIC = [
+    ("protonet_omniglot_1shot", 1),
+]
+
+
+@pytest.mark.parametrize(("name", "k_shot"), METRIC)
+def test_shipped_metric_checkpoints_match_their_sidecars(name, k_shot, real_omniglot, monkeypatch):
+    monkeypatch.setenv("METALIB_DATA", str(real_omniglot.data_dir))
+    monkeypatch.setenv("METALIB_CACHE", str(real_omniglot.cache_path.parent))
+    stem = SHIPPED / name
+    blob = checkpoints.load(stem)
+    sidecar = blob["sidecar"]
+    assert sidecar["command"].startswith(f"python -m metalib train {blob['recipe']} ")
+    assert sidecar["config"]["meta_steps"] == sidecar["metrics"]["steps"]
+    assert sidecar["config"]["k_shot"] == k_shot and sidecar["wall_time_s"] > 0
+    assert (stem.with_suffix(".pt")).stat().st_size < 1_000_000
+    recorded = sidecar["metrics"]["test_accuracy"][f"5-way {k_shot}-shot"]
+    assert recorded["episodes"] == 1000
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        argv = ["evaluate", str(stem) + ".pt", "--episodes", "100", "--device", "cpu"]
+        assert cli.main(argv) == 0
+    result = json.loads(out.getvalue())
+    assert (result["n_way"], result["k_shot"], result["episodes"]) == (5, k_shot, 100)
+    # 100 of the sidecar's 1,000 episodes' kind: within 3 of its own 95% half-widths.
+    assert abs(result["accuracy"]["mean"] - recorded["mean"]) <= 3 * result["accuracy"]["ci95"]
