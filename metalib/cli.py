@@ -21,7 +21,7 @@ import shlex
 import sys
 from collections.abc import Sequence
 
-from metalib import checkpoints, classification, metric, runtime
+from metalib import checkpoints, classification, metric, model_based, runtime
 from metalib.data import omniglot, splits
 from metalib.recipes import (
     SinusoidConfig,
@@ -43,6 +43,8 @@ RECIPES = {
     "protonet-omniglot": "Prototypical Networks (Snell et al. 2017) on Omniglot",
     "matching-omniglot": "Matching Networks (Vinyals et al. 2016), no full-context embeddings",
     "siamese-omniglot": "Siamese networks (Koch et al. 2015) for one-shot classification",
+    "cnp-sinusoid": "a conditional neural process (Garnelo et al. 2018): no gradient steps at "
+    "test time",
 }
 METRIC_RECIPES = tuple(f"{m}-omniglot" for m in metric.METHODS)
 REPORT_STEPS = (0, 1, 5, 10)
@@ -261,6 +263,60 @@ def _train(args: argparse.Namespace, argv: Sequence[str]) -> dict:
     }
 
 
+def _refuse(args: argparse.Namespace, flags: Sequence[str], why: str) -> None:
+    for flag in flags:
+        value = getattr(args, flag)
+        if value is not None and value is not False:
+            raise ValueError(f"--{flag.replace('_', '-')} does not apply to {args.recipe}: {why}.")
+
+
+def _train_cnp(args: argparse.Namespace, argv: Sequence[str]) -> dict:
+    _refuse(args, ("inner_steps", "inner_lr", "first_order"), "it takes no gradient steps")
+    _refuse(args, ("k_shot",), "each step draws 1 to 10 support points")
+    _refuse(
+        args, ("n_way", "train_way", "split", "save_every", "episodes", "batch_norm"), "no Omniglot"
+    )
+    overrides = _overrides(args, ("meta_steps", "meta_batch_size", "k_query", "outer_lr", "seed"))
+    config = model_based.CNPConfig(**overrides)
+    trained = model_based.train_cnp(
+        config, device=runtime.device(args.device), progress=not args.no_progress
+    )
+    losses = trained.history.losses
+    tail = losses[-100:] or [float("nan")]
+    metrics = {
+        "steps": len(losses),
+        "final_train_loss_mean_last_100": sum(tail) / len(tail),
+        **{
+            f"test_k{k}_1000_tasks": model_based.evaluate_cnp(trained.model, k_shot=k).to_dict()
+            for k in (5, 10)
+        },
+    }
+    command = "python -m metalib " + shlex.join(argv)
+    pt_path, json_path = model_based.save_cnp(trained, args.out, metrics=metrics, command=command)
+    return {
+        "checkpoint": str(pt_path),
+        "sidecar": str(json_path),
+        "wall_time_s": round(trained.history.seconds, 2),
+        **metrics,
+    }
+
+
+def _evaluate_cnp(args: argparse.Namespace) -> dict:
+    _refuse(args, ("inner_lr",), "it takes no gradient steps")
+    _refuse(args, ("n_way", "episodes"), "it is a sinusoid checkpoint")
+    k_shot = 5 if args.k_shot is None else args.k_shot
+    config, model = model_based.load_cnp(args.checkpoint, device=runtime.device(args.device))
+    score = model_based.evaluate_cnp(model, k_shot=k_shot, n_tasks=args.tasks)
+    return {
+        "checkpoint": args.checkpoint,
+        "recipe": config.recipe,
+        "k_shot": k_shot,
+        "tasks": args.tasks,
+        "mse": {"mean": score.mse, "ci95": score.mse_ci95},
+        "nll": {"mean": score.nll, "ci95": score.nll_ci95},
+    }
+
+
 def _train_metric(args: argparse.Namespace, argv: Sequence[str]) -> dict:
     for flag in ("meta_batch_size", "inner_steps", "inner_lr", "save_every", "batch_norm"):
         if getattr(args, flag) is not None:
@@ -421,6 +477,8 @@ def _evaluate_omniglot(args: argparse.Namespace) -> dict:
 def _evaluate(args: argparse.Namespace) -> dict:
     pt_path, json_path = checkpoints.paths(args.checkpoint)
     recipe = json.loads(json_path.read_text()).get("recipe", "") if json_path.is_file() else ""
+    if pt_path.is_file() and recipe == model_based.CNPConfig.recipe:
+        return _evaluate_cnp(args)
     if pt_path.is_file() and recipe in METRIC_RECIPES:
         return _evaluate_metric(args)
     if pt_path.is_file() and recipe.endswith("-omniglot"):
@@ -454,7 +512,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
     try:
-        train = _train_omniglot if getattr(args, "recipe", "").endswith("-omniglot") else _train
+        recipe = getattr(args, "recipe", "")
+        train = {"cnp-sinusoid": _train_cnp}.get(recipe, _train)
+        train = _train_omniglot if recipe.endswith("-omniglot") else train
         commands = {"train": lambda: train(args, argv), "evaluate": lambda: _evaluate(args)}
         result = commands.get(args.command, lambda: _data(args))()
     except (ValueError, OSError, FloatingPointError) as error:

@@ -22,8 +22,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import functional_call
 
-from metalib import checkpoints, classification, metric, recipes, runtime
-from metalib.algorithms import maml
+from metalib import checkpoints, classification, metric, model_based, recipes, runtime
+from metalib.algorithms import cnp, maml
 
 
 def shipped() -> list[str]:
@@ -117,12 +117,13 @@ class FewShotClassifier:
 
 def load(
     name_or_path: str | os.PathLike[str], *, device: torch.device | str = "cpu"
-) -> FewShotClassifier | recipes.Learner:
+) -> FewShotClassifier | recipes.Learner | cnp.CNP:
     """The model of a checkpoint: a shipped name or a ``PATH.pt``.
 
     Returns:
-        A :class:`~metalib.recipes.Learner` for sinusoid recipes, a
-        :class:`FewShotClassifier` for Omniglot ones.
+        A :class:`~metalib.recipes.Learner` for the sinusoid MAML family, a
+        :class:`~metalib.algorithms.cnp.CNP` (in eval mode) for ``cnp-sinusoid``, and a
+        :class:`FewShotClassifier` for Omniglot recipes.
 
     Raises:
         FileNotFoundError: if there is no such checkpoint.
@@ -133,6 +134,8 @@ def load(
     recipe = str(sidecar.get("recipe", ""))
     if recipe.startswith("sinusoid-"):
         return recipes.load_learner(path, device=device)
+    if recipe == model_based.CNPConfig.recipe:
+        return model_based.load_cnp(path, device=device)[1]
     if metric.is_metric_recipe(recipe):
         config, model = metric.load_metric(path, device=device)
         return FewShotClassifier(recipe, config, model, None, sidecar)

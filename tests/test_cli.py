@@ -314,3 +314,37 @@ def test_train_way_is_refused_for_maml(tmp_path, capsys):
         ["train", "maml-omniglot", "--out", str(tmp_path / "x"), "--train-way", "20"], capsys
     )
     assert code == 2 and "--train-way applies to the metric recipes" in err
+
+
+def test_train_and_evaluate_cnp(tmp_path, capsys):
+    stem = tmp_path / "cnp"
+    argv = ["train", "cnp-sinusoid", "--out", str(stem), "--meta-steps", "4"]
+    code, out, err = run([*argv, "--meta-batch-size", "8", "--seed", "3", "--no-progress"], capsys)
+    assert code == 0, err
+    sidecar = json.loads((tmp_path / "cnp.json").read_text())
+    assert sidecar["recipe"] == "cnp-sinusoid" and sidecar["metrics"]["steps"] == 4
+    assert (sidecar["config"]["meta_batch_size"], sidecar["config"]["seed"]) == (8, 3)
+    recorded = sidecar["metrics"]["test_k5_1000_tasks"]
+    assert recorded["tasks"] == 1000 and recorded["mse"] > 0
+    code, out, err = run(["evaluate", str(stem) + ".pt", "--device", "cpu"], capsys)
+    assert code == 0, err
+    result = json.loads(out)
+    assert (result["recipe"], result["k_shot"], result["tasks"]) == ("cnp-sinusoid", 5, 1000)
+    assert abs(result["mse"]["mean"] - recorded["mse"]) < 1e-5  # the same 1,000 tasks
+    code, out, err = run(["evaluate", str(stem) + ".pt", "--k-shot", "10", "--tasks", "50"], capsys)
+    assert code == 0 and json.loads(out)["k_shot"] == 10
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--inner-lr", "0.1"], "--inner-lr does not apply to cnp-sinusoid"),
+        (["--first-order"], "--first-order does not apply to cnp-sinusoid"),
+        (["--k-shot", "5"], "each step draws 1 to 10 support points"),
+        (["--n-way", "5"], "--n-way does not apply to cnp-sinusoid"),
+    ],
+)
+def test_cnp_bad_flags(flags, message, tmp_path, capsys):
+    argv = ["train", "cnp-sinusoid", "--out", str(tmp_path / "x"), "--meta-steps", "1", *flags]
+    code, _, err = run(argv, capsys)
+    assert code == 2 and message in err and list(tmp_path.iterdir()) == []

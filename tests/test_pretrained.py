@@ -6,7 +6,8 @@ import pytest
 import torch
 from PIL import Image
 
-from metalib import metric, pretrained, recipes
+from metalib import metric, model_based, pretrained, recipes
+from metalib.algorithms import cnp
 from metalib.data import omniglot
 from metalib.metric import MetricConfig
 
@@ -101,3 +102,16 @@ def test_metric_classifier_scores_as_the_library_does(tiny, tmp_path):
         classifier.scores(batch.x_support[0], batch.y_support[0], batch.x_query[0, :, 0])
     with pytest.raises(ValueError, match="one label per support image"):
         classifier.scores(batch.x_support[0], batch.y_support[0, :2], batch.x_query[0])
+
+
+def test_cnp_checkpoints_load_as_ready_models(tmp_path):
+    config = model_based.CNPConfig(meta_steps=2, meta_batch_size=4, hidden=8)
+    trained = model_based.train_cnp(config, device="cpu", progress=False)
+    model_based.save_cnp(trained, tmp_path / "cnp", metrics={}, command=None)
+    model = pretrained.load(tmp_path / "cnp.pt")
+    assert isinstance(model, cnp.CNP) and not model.training
+    tasks = recipes.held_out_tasks(3, k_shot=5)
+    torch.testing.assert_close(
+        model(tasks.x_support, tasks.y_support, tasks.x_query),
+        trained.model(tasks.x_support, tasks.y_support, tasks.x_query),
+    )
