@@ -126,3 +126,22 @@ def test_shipped_metric_checkpoints_match_their_sidecars(name, k_shot, real_omni
     assert (result["n_way"], result["k_shot"], result["episodes"]) == (5, k_shot, 100)
     # 100 of the sidecar's 1,000 episodes' kind: within 3 of its own 95% half-widths.
     assert abs(result["accuracy"]["mean"] - recorded["mean"]) <= 3 * result["accuracy"]["ci95"]
+
+
+def test_shipped_cnp_matches_its_sidecar_and_beats_maml(results):
+    stem = SHIPPED / "cnp_sinusoid"
+    sidecar = checkpoints.load(stem)["sidecar"]
+    assert sidecar["command"].startswith("python -m metalib train cnp-sinusoid ")
+    assert sidecar["config"]["meta_steps"] == sidecar["metrics"]["steps"]
+    assert stem.with_suffix(".pt").stat().st_size < 1_000_000
+    for k in (5, 10):
+        out = io.StringIO()
+        with contextlib.redirect_stdout(out):
+            assert cli.main(["evaluate", f"{stem}.pt", "--k-shot", str(k), "--device", "cpu"]) == 0
+        result = json.loads(out.getvalue())
+        recorded = sidecar["metrics"][f"test_k{k}_1000_tasks"]
+        # The same 1,000 held-out tasks: the same number, up to float reduction order.
+        assert result["mse"]["mean"] == pytest.approx(recorded["mse"], rel=1e-4)
+    # MAML's 1,000 tasks at K = 5: the CNP without a gradient step below MAML after 10.
+    k5 = sidecar["metrics"]["test_k5_1000_tasks"]["mse"]
+    assert k5 < results["sinusoid_maml"]["10"]["mean"], (k5, results["sinusoid_maml"])
