@@ -1,5 +1,11 @@
 """Model-based (black-box) meta-learning: recipes for networks that *are* the learner.
 
+``mann-omniglot`` trains a :class:`~metalib.algorithms.mann.MANN` (Santoro et al. 2016)
+on sequences of Omniglot episodes drawn by chapter 04's sampler: ``n_way`` classes with
+``instances`` drawings each, shown in a random order, each with the previous step's label.
+It is evaluated, as in the paper, by the accuracy on the 1st, 2nd, ... sight of a class
+over test episodes of the same split.
+
 ``cnp-sinusoid`` trains a :class:`~metalib.algorithms.cnp.CNP` (Garnelo et al. 2018) on
 the sinusoid tasks of chapters 01-03 and evaluates it on the same 1,000 held-out tasks as
 MAML (:func:`metalib.recipes.held_out_tasks`), so the two compare task by task. Each
@@ -17,12 +23,16 @@ from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from metalib import checkpoints, checks, recipes, runtime
-from metalib.algorithms import cnp
+from metalib.algorithms import cnp, mann
+from metalib.data import episodes, omniglot, splits
 from metalib.tasks import SinusoidTasks, TaskBatch
 from metalib.training import Callback, History, mean_ci95, train_loop
+
+TEST_SEED_OMNIGLOT = 2017  # the test episodes of chapters 05 and 06
 
 
 @dataclass(frozen=True)
@@ -165,13 +175,199 @@ def load_cnp(
     return config, model.to(device).eval()
 
 
+@dataclass(frozen=True)
+class MANNConfig:
+    """Hyperparameters of ``mann-omniglot``. Network sizes are the paper's (section 4.1)."""
+
+    n_way: int = 5
+    instances: int = 10  # drawings of each class in a sequence: 50 steps for 5-way
+    meta_steps: int = 10_000
+    meta_batch_size: int = 16  # sequences per step (the paper: 16)
+    outer_lr: float = 1e-3
+    outer_lr_schedule: str = "constant"
+    hidden: int = 200
+    memory_slots: int = 128  # 0: the paper's LSTM baseline
+    memory_width: int = 40
+    reads: int = 4
+    gamma: float = 0.95
+    scheme: str = "vinyals"
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        minimums = {"n_way": 2, "instances": 1, "meta_batch_size": 1}
+        for name in ("meta_steps", "seed", *minimums):
+            checks.count(name, getattr(self, name), minimums.get(name, 0))
+        checks.positive_number("outer_lr", self.outer_lr)
+        checks.one_of("scheme", self.scheme, splits.SCHEMES)
+        self.model()  # the network's own checks (sizes, gamma)
+
+    recipe = "mann-omniglot"
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def model(self) -> mann.MANN:
+        return mann.MANN(
+            n_way=self.n_way,
+            hidden=self.hidden,
+            memory_slots=self.memory_slots,
+            memory_width=self.memory_width,
+            reads=self.reads,
+            gamma=self.gamma,
+        )
+
+
+@dataclass
+class TrainedMANN:
+    config: MANNConfig
+    model: mann.MANN
+    history: History
+    device: torch.device
+
+
+def sequence_sampler(
+    data: omniglot.Omniglot, config: MANNConfig, *, split: str, device: torch.device | str = "cpu"
+) -> episodes.EpisodeSampler:
+    """Episodes of ``split`` with ``instances`` drawings per class (and one unused query).
+
+    Raises:
+        ValueError: if ``n_way`` exceeds the split's classes or ``instances`` is above 19.
+    """
+    classes = splits.class_split(data, scheme=config.scheme, split=split)
+    return episodes.EpisodeSampler(
+        data, classes, n_way=config.n_way, k_shot=config.instances, k_query=1, device=device
+    )
+
+
+def sample_sequences(
+    sampler: episodes.EpisodeSampler, tasks: int, generator: torch.Generator
+) -> tuple[Tensor, Tensor]:
+    """``tasks`` shuffled sequences: images ``(tasks, steps, 1, 28, 28)`` and labels."""
+    batch = sampler.sample(tasks, generator=generator)
+    return mann.shuffle_sequences(batch.x_support, batch.y_support, generator)
+
+
+def train_mann(
+    config: MANNConfig,
+    *,
+    data: omniglot.Omniglot | None = None,
+    device: torch.device | str | None = None,
+    callback: Callback | None = None,
+    progress: bool = True,
+) -> TrainedMANN:
+    """Train a fresh MANN with cross-entropy at every step of random training sequences."""
+    dev = runtime.device(None if device is None else str(device))
+    data = omniglot.load() if data is None else data
+    sampler = sequence_sampler(data, config, split="train", device=dev)
+    torch.manual_seed(config.seed)
+    model = config.model().to(dev).train()
+    generator = torch.Generator(device=dev).manual_seed(config.seed)
+
+    def step_loss(step: int) -> Tensor:
+        x, y = sample_sequences(sampler, config.meta_batch_size, generator)
+        logits = model(x, y)  # (tasks, steps, n_way)
+        return F.cross_entropy(logits.flatten(0, 1), y.flatten())
+
+    history = train_loop(
+        step_loss,
+        dict(model.named_parameters()),
+        meta_steps=config.meta_steps,
+        outer_lr=config.outer_lr,
+        outer_lr_schedule=config.outer_lr_schedule,
+        callback=callback,
+        progress=progress,
+        description=config.recipe,
+    )
+    return TrainedMANN(config, model.eval(), history, dev)
+
+
+class InstanceAccuracy(NamedTuple):
+    """Test accuracy on the 1st, 2nd, ... sight of a class, with 95% half-widths."""
+
+    mean: tuple[float, ...]
+    ci95: tuple[float, ...]
+    episodes: int
+
+    def to_dict(self) -> dict[str, Any]:
+        by = {
+            str(i + 1): {"mean": m, "ci95": c} for i, (m, c) in enumerate(zip(self.mean, self.ci95))
+        }
+        return {"by_instance": by, "episodes": self.episodes}
+
+
+@torch.no_grad()
+def evaluate_mann(
+    model: mann.MANN,
+    sampler: episodes.EpisodeSampler,
+    *,
+    n_episodes: int = 1000,
+    seed: int = TEST_SEED_OMNIGLOT,
+    chunk: int = 100,
+) -> InstanceAccuracy:
+    """Accuracy by instance number over ``n_episodes`` test sequences (the same for every model)."""
+    checks.count("n_episodes", n_episodes, 2)
+    generator = torch.Generator(device=sampler.images.device).manual_seed(seed)
+    mode = model.training
+    model.eval()
+    per_episode = []
+    try:
+        for lo in range(0, n_episodes, chunk):
+            x, y = sample_sequences(sampler, min(chunk, n_episodes - lo), generator)
+            right = (model(x, y).argmax(-1) == y).float()  # (tasks, steps)
+            sight = mann.instance_numbers(y) - 1  # (tasks, steps) in 0..instances-1
+            totals = right.new_zeros(len(y), sampler.k_shot).scatter_add_(1, sight, right)
+            per_episode.append((totals / sampler.n_way).cpu())  # (tasks, instances)
+    finally:
+        model.train(mode)
+    mean, ci = mean_ci95(torch.cat(per_episode))
+    return InstanceAccuracy(tuple(mean.tolist()), tuple(ci.tolist()), n_episodes)
+
+
+def save_mann(
+    trained: TrainedMANN, path: str | os.PathLike[str], *, metrics: dict, command: str | None
+):
+    """Write ``PATH.pt`` and ``PATH.json`` (see :mod:`metalib.checkpoints`)."""
+    return checkpoints.save(
+        path,
+        recipe=trained.config.recipe,
+        config=trained.config.to_dict(),
+        state_dict=trained.model.state_dict(),
+        metrics=metrics,
+        device=runtime.describe_device(trained.device),
+        wall_time_s=round(trained.history.seconds, 2),
+        command=command,
+    )
+
+
+def load_mann(
+    path: str | os.PathLike[str], *, device: torch.device | str = "cpu"
+) -> tuple[MANNConfig, mann.MANN]:
+    """``(config, model)`` from a ``mann-omniglot`` checkpoint, in eval mode."""
+    blob = checkpoints.load(path, recipe=MANNConfig.recipe)
+    config = MANNConfig(**blob["config"])
+    model = config.model()
+    if set(blob["state_dict"]) != set(model.state_dict()):
+        raise ValueError(f"checkpoint {path} does not hold the network its settings describe.")
+    model.load_state_dict(blob["state_dict"])
+    return config, model.to(device).eval()
+
+
 __all__ = [
     "CNPConfig",
+    "InstanceAccuracy",
+    "MANNConfig",
     "RegressionScore",
     "TrainedCNP",
+    "TrainedMANN",
     "evaluate_cnp",
+    "evaluate_mann",
     "load_cnp",
+    "load_mann",
     "per_task_errors",
+    "sample_sequences",
     "save_cnp",
+    "save_mann",
+    "sequence_sampler",
     "train_cnp",
+    "train_mann",
 ]
