@@ -43,6 +43,8 @@ RECIPES = {
     "protonet-omniglot": "Prototypical Networks (Snell et al. 2017) on Omniglot",
     "matching-omniglot": "Matching Networks (Vinyals et al. 2016), no full-context embeddings",
     "siamese-omniglot": "Siamese networks (Koch et al. 2015) for one-shot classification",
+    "mann-omniglot": "a memory-augmented neural network (Santoro et al. 2016) reading "
+    "labelled sequences",
     "cnp-sinusoid": "a conditional neural process (Garnelo et al. 2018): no gradient steps at "
     "test time",
 }
@@ -131,6 +133,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="test episodes for the accuracy in the sidecar (default: 600 for MAML, 1000 "
         "for the metric recipes)",
+    )
+    omniglot_flags.add_argument(
+        "--instances",
+        type=_positive_int,
+        default=None,
+        help="mann-omniglot: drawings of each class per sequence (default: 10, as the paper)",
     )
     omniglot_flags.add_argument(
         "--save-every",
@@ -234,7 +242,15 @@ def _overrides(args: argparse.Namespace, names: Sequence[str]) -> dict:
 
 
 def _train(args: argparse.Namespace, argv: Sequence[str]) -> dict:
-    for flag in ("n_way", "train_way", "split", "save_every", "episodes", "batch_norm"):
+    for flag in (
+        "n_way",
+        "train_way",
+        "split",
+        "instances",
+        "save_every",
+        "episodes",
+        "batch_norm",
+    ):
         if getattr(args, flag) is not None:
             raise ValueError(
                 f"--{flag.replace('_', '-')} applies to Omniglot recipes, not {args.recipe}."
@@ -263,11 +279,15 @@ def _train(args: argparse.Namespace, argv: Sequence[str]) -> dict:
     }
 
 
-def _refuse(args: argparse.Namespace, flags: Sequence[str], why: str) -> None:
+def _refuse(
+    args: argparse.Namespace, flags: Sequence[str], why: str, *, what: str | None = None
+) -> None:
+    """Fail on any of ``flags`` given for ``what`` (default: the recipe being trained)."""
+    what = what or args.recipe
     for flag in flags:
         value = getattr(args, flag)
         if value is not None and value is not False:
-            raise ValueError(f"--{flag.replace('_', '-')} does not apply to {args.recipe}: {why}.")
+            raise ValueError(f"--{flag.replace('_', '-')} does not apply to {what}: {why}.")
 
 
 def _train_cnp(args: argparse.Namespace, argv: Sequence[str]) -> dict:
@@ -302,8 +322,9 @@ def _train_cnp(args: argparse.Namespace, argv: Sequence[str]) -> dict:
 
 
 def _evaluate_cnp(args: argparse.Namespace) -> dict:
-    _refuse(args, ("inner_lr",), "it takes no gradient steps")
-    _refuse(args, ("n_way", "episodes"), "it is a sinusoid checkpoint")
+    what = model_based.CNPConfig.recipe
+    _refuse(args, ("inner_lr",), "it takes no gradient steps", what=what)
+    _refuse(args, ("n_way", "episodes"), "it is a sinusoid checkpoint", what=what)
     k_shot = 5 if args.k_shot is None else args.k_shot
     config, model = model_based.load_cnp(args.checkpoint, device=runtime.device(args.device))
     score = model_based.evaluate_cnp(model, k_shot=k_shot, n_tasks=args.tasks)
@@ -318,7 +339,14 @@ def _evaluate_cnp(args: argparse.Namespace) -> dict:
 
 
 def _train_metric(args: argparse.Namespace, argv: Sequence[str]) -> dict:
-    for flag in ("meta_batch_size", "inner_steps", "inner_lr", "save_every", "batch_norm"):
+    for flag in (
+        "meta_batch_size",
+        "inner_steps",
+        "inner_lr",
+        "save_every",
+        "batch_norm",
+        "instances",
+    ):
         if getattr(args, flag) is not None:
             raise ValueError(f"--{flag.replace('_', '-')} does not apply to {args.recipe}.")
     if args.first_order:
@@ -379,9 +407,65 @@ def _evaluate_metric(args: argparse.Namespace) -> dict:
     }
 
 
+def _train_mann(args: argparse.Namespace, argv: Sequence[str]) -> dict:
+    _refuse(args, ("inner_steps", "inner_lr", "first_order"), "it takes no gradient steps")
+    _refuse(args, ("k_shot", "k_query"), "a sequence has --instances drawings of each class")
+    _refuse(args, ("train_way", "save_every", "batch_norm"), "not a recipe option")
+    overrides = _overrides(args, ("n_way", "instances", "meta_steps", "meta_batch_size"))
+    overrides.update(_overrides(args, ("outer_lr", "seed")))
+    config = model_based.MANNConfig(scheme=args.split or "vinyals", **overrides)
+    device = runtime.device(args.device)
+    data = omniglot.load()
+    trained = model_based.train_mann(
+        config, data=data, device=device, progress=not args.no_progress
+    )
+    episodes = args.episodes or 1000
+    sampler = model_based.sequence_sampler(data, config, split="test", device=device)
+    losses = trained.history.losses
+    tail = losses[-100:] or [float("nan")]
+    metrics = {
+        "steps": len(losses),
+        "final_train_loss_mean_last_100": sum(tail) / len(tail),
+        "test_accuracy": model_based.evaluate_mann(
+            trained.model, sampler, n_episodes=episodes
+        ).to_dict(),
+    }
+    command = "python -m metalib " + shlex.join(argv)
+    pt_path, json_path = model_based.save_mann(trained, args.out, metrics=metrics, command=command)
+    return {
+        "checkpoint": str(pt_path),
+        "sidecar": str(json_path),
+        "wall_time_s": round(trained.history.seconds, 2),
+        **metrics,
+    }
+
+
+def _evaluate_mann(args: argparse.Namespace) -> dict:
+    what = model_based.MANNConfig.recipe
+    _refuse(args, ("inner_lr",), "it takes no gradient steps", what=what)
+    _refuse(args, ("n_way", "k_shot"), "the sequences keep the checkpoint's shape", what=what)
+    device = runtime.device(args.device)
+    config, model = model_based.load_mann(args.checkpoint, device=device)
+    sampler = model_based.sequence_sampler(omniglot.load(), config, split="test", device=device)
+    episodes = args.episodes or 1000
+    score = model_based.evaluate_mann(model, sampler, n_episodes=episodes)
+    return {
+        "checkpoint": args.checkpoint,
+        "recipe": config.recipe,
+        "n_way": config.n_way,
+        "instances": config.instances,
+        "split": config.scheme,
+        **score.to_dict(),
+    }
+
+
 def _train_omniglot(args: argparse.Namespace, argv: Sequence[str]) -> dict:
     if args.recipe in METRIC_RECIPES:
         return _train_metric(args, argv)
+    if args.recipe == model_based.MANNConfig.recipe:
+        return _train_mann(args, argv)
+    if args.instances is not None:
+        raise ValueError(f"--instances applies to mann-omniglot, not {args.recipe}.")
     if args.train_way is not None:
         raise ValueError(f"--train-way applies to the metric recipes, not {args.recipe}.")
     overrides = _overrides(args, SHARED_HYPERPARAMETERS)  # k_shot goes to paper()
@@ -479,6 +563,8 @@ def _evaluate(args: argparse.Namespace) -> dict:
     recipe = json.loads(json_path.read_text()).get("recipe", "") if json_path.is_file() else ""
     if pt_path.is_file() and recipe == model_based.CNPConfig.recipe:
         return _evaluate_cnp(args)
+    if pt_path.is_file() and recipe == model_based.MANNConfig.recipe:
+        return _evaluate_mann(args)
     if pt_path.is_file() and recipe in METRIC_RECIPES:
         return _evaluate_metric(args)
     if pt_path.is_file() and recipe.endswith("-omniglot"):

@@ -333,6 +333,8 @@ def test_train_and_evaluate_cnp(tmp_path, capsys):
     assert abs(result["mse"]["mean"] - recorded["mse"]) < 1e-5  # the same 1,000 tasks
     code, out, err = run(["evaluate", str(stem) + ".pt", "--k-shot", "10", "--tasks", "50"], capsys)
     assert code == 0 and json.loads(out)["k_shot"] == 10
+    code, out, err = run(["evaluate", str(stem) + ".pt", "--inner-lr", "0.1"], capsys)
+    assert code == 2 and "--inner-lr does not apply to cnp-sinusoid" in err
 
 
 @pytest.mark.parametrize(
@@ -348,3 +350,49 @@ def test_cnp_bad_flags(flags, message, tmp_path, capsys):
     argv = ["train", "cnp-sinusoid", "--out", str(tmp_path / "x"), "--meta-steps", "1", *flags]
     code, _, err = run(argv, capsys)
     assert code == 2 and message in err and list(tmp_path.iterdir()) == []
+
+
+def test_train_and_evaluate_mann(real_omniglot, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("METALIB_DATA", str(real_omniglot.data_dir))
+    monkeypatch.setenv("METALIB_CACHE", str(real_omniglot.cache_path.parent))
+    stem = tmp_path / "mann"
+    argv = ["train", "mann-omniglot", "--out", str(stem), "--n-way", "3", "--instances", "4"]
+    argv += ["--meta-steps", "2", "--meta-batch-size", "2", "--episodes", "6", "--device", "cpu"]
+    code, out, err = run([*argv, "--no-progress"], capsys)
+    assert code == 0, err
+    sidecar = json.loads((tmp_path / "mann.json").read_text())
+    config = sidecar["config"]
+    assert (config["n_way"], config["instances"], config["meta_batch_size"]) == (3, 4, 2)
+    recorded = sidecar["metrics"]["test_accuracy"]
+    assert set(recorded["by_instance"]) == {"1", "2", "3", "4"} and recorded["episodes"] == 6
+
+    code, out, err = run(["evaluate", str(stem) + ".pt", "--episodes", "6"], capsys)
+    assert code == 0, err
+    result = json.loads(out)
+    assert (result["recipe"], result["n_way"], result["instances"]) == ("mann-omniglot", 3, 4)
+    assert result["by_instance"] == recorded["by_instance"]  # the same test sequences
+    code, _, err = run(["evaluate", str(stem) + ".pt", "--k-shot", "2"], capsys)
+    assert code == 2 and "--k-shot does not apply to mann-omniglot" in err
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--inner-steps", "1"], "--inner-steps does not apply to mann-omniglot"),
+        (["--k-shot", "1"], "a sequence has --instances drawings"),
+        (["--instances", "20"], "exceeds the 20"),
+    ],
+)
+def test_mann_bad_flags(flags, message, real_omniglot, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("METALIB_DATA", str(real_omniglot.data_dir))
+    monkeypatch.setenv("METALIB_CACHE", str(real_omniglot.cache_path.parent))
+    argv = ["train", "mann-omniglot", "--out", str(tmp_path / "x"), "--meta-steps", "1", *flags]
+    code, _, err = run(argv, capsys)
+    assert code == 2 and message in err and list(tmp_path.iterdir()) == []
+
+
+def test_instances_is_refused_elsewhere(tmp_path, capsys):
+    for recipe in ("sinusoid-maml", "maml-omniglot", "protonet-omniglot"):
+        argv = ["train", recipe, "--out", str(tmp_path / "x"), "--instances", "3"]
+        code, _, err = run(argv, capsys)
+        assert code == 2 and "--instances" in err, (recipe, err)
