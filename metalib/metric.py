@@ -13,6 +13,7 @@ halved every 2,000 episodes, batch norm with running statistics at test time. Ta
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -189,6 +190,31 @@ def evaluation_sampler(
     )
 
 
+def accuracy_over_episodes(
+    scores_fn: Callable[[Tensor, Tensor, Tensor], Tensor],
+    sampler: episodes.EpisodeSampler,
+    *,
+    n_episodes: int = 1000,
+    seed: int = TEST_SEED,
+    chunk: int = 50,
+) -> Tensor:
+    """Query accuracy of each of ``n_episodes`` test episodes, ``(n_episodes,)``.
+
+    ``scores_fn(x_support, y_support, x_query)`` returns query scores ``(tasks, n_query,
+    n_way)`` for a chunk of episodes. Episodes are drawn with ``seed`` (the same ones for
+    every method of the course) and built ``chunk`` at a time.
+    """
+    checks.count("n_episodes", n_episodes, 2)
+    generator = torch.Generator(device=sampler.images.device).manual_seed(seed)
+    classes, drawers = sampler.sample_indices(n_episodes, generator=generator)
+    out = []
+    for lo in range(0, n_episodes, chunk):
+        batch = sampler.gather(classes[lo : lo + chunk], drawers[lo : lo + chunk])
+        scores = scores_fn(batch.x_support, batch.y_support, batch.x_query)
+        out.append((scores.argmax(-1) == batch.y_query).float().mean(-1))  # (chunk,)
+    return torch.cat(out).cpu()
+
+
 @torch.no_grad()
 def per_episode_accuracy(
     model: nn.Module,
@@ -201,23 +227,21 @@ def per_episode_accuracy(
 ) -> Tensor:
     """Query accuracy of each of ``n_episodes`` test episodes, ``(n_episodes,)``.
 
-    The model runs in eval mode (batch norm with its running statistics). Episodes are
-    drawn with ``seed`` (the same ones for every method) and built ``chunk`` at a time.
+    The model runs in eval mode (batch norm with its running statistics) on the episodes
+    of :func:`accuracy_over_episodes`.
     """
-    checks.count("n_episodes", n_episodes, 2)
-    generator = torch.Generator(device=sampler.images.device).manual_seed(seed)
-    classes, drawers = sampler.sample_indices(n_episodes, generator=generator)
     mode = model.training
     model.eval()
     try:
-        out = []
-        for lo in range(0, n_episodes, chunk):
-            batch = sampler.gather(classes[lo : lo + chunk], drawers[lo : lo + chunk])
-            scores = episode_logits(model, config, batch.x_support, batch.y_support, batch.x_query)
-            out.append((scores.argmax(-1) == batch.y_query).float().mean(-1))  # (chunk,)
+        return accuracy_over_episodes(
+            lambda xs, ys, xq: episode_logits(model, config, xs, ys, xq),
+            sampler,
+            n_episodes=n_episodes,
+            seed=seed,
+            chunk=chunk,
+        )
     finally:
         model.train(mode)
-    return torch.cat(out).cpu()
 
 
 def evaluate_metric(
@@ -278,6 +302,7 @@ __all__ = [
     "MetricConfig",
     "Score",
     "TrainedMetric",
+    "accuracy_over_episodes",
     "episode_logits",
     "episode_loss",
     "evaluate_metric",
