@@ -21,7 +21,7 @@ import shlex
 import sys
 from collections.abc import Sequence
 
-from metalib import checkpoints, classification, metric, model_based, runtime
+from metalib import baseline, checkpoints, classification, metric, model_based, runtime
 from metalib.data import omniglot, splits
 from metalib.recipes import (
     SinusoidConfig,
@@ -43,6 +43,8 @@ RECIPES = {
     "protonet-omniglot": "Prototypical Networks (Snell et al. 2017) on Omniglot",
     "matching-omniglot": "Matching Networks (Vinyals et al. 2016), no full-context embeddings",
     "siamese-omniglot": "Siamese networks (Koch et al. 2015) for one-shot classification",
+    "transfer-omniglot": "the transfer-learning baseline: pretrain a classifier, fit a new "
+    "head per episode",
     "mann-omniglot": "a memory-augmented neural network (Santoro et al. 2016) reading "
     "labelled sequences",
     "cnp-sinusoid": "a conditional neural process (Garnelo et al. 2018): no gradient steps at "
@@ -50,6 +52,17 @@ RECIPES = {
 }
 METRIC_RECIPES = tuple(f"{m}-omniglot" for m in metric.METHODS)
 REPORT_STEPS = (0, 1, 5, 10)
+# `train` flags that only Omniglot recipes take.
+OMNIGLOT_ONLY = (
+    "n_way",
+    "train_way",
+    "split",
+    "instances",
+    "fine_tune",
+    "save_every",
+    "episodes",
+    "batch_norm",
+)
 
 
 def _positive_int(text: str) -> int:
@@ -141,6 +154,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="mann-omniglot: drawings of each class per sequence (default: 10, as the paper)",
     )
     omniglot_flags.add_argument(
+        "--fine-tune",
+        choices=baseline.FINE_TUNE,
+        default=None,
+        help="transfer-omniglot: fit a new head on frozen features (default) or fine-tune "
+        "the whole network per episode",
+    )
+    omniglot_flags.add_argument(
         "--save-every",
         type=_positive_int,
         default=None,
@@ -184,6 +204,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     evaluate.add_argument(
         "--inner-lr", type=float, default=None, help="inner step size (default: the checkpoint's)"
+    )
+    evaluate.add_argument(
+        "--fine-tune",
+        choices=baseline.FINE_TUNE,
+        default=None,
+        help="transfer-omniglot: a new head on frozen features or the whole network "
+        "(default: the checkpoint's)",
     )
     evaluate.add_argument("--device", default=None, help="cuda, mps or cpu (default: automatic)")
 
@@ -242,15 +269,7 @@ def _overrides(args: argparse.Namespace, names: Sequence[str]) -> dict:
 
 
 def _train(args: argparse.Namespace, argv: Sequence[str]) -> dict:
-    for flag in (
-        "n_way",
-        "train_way",
-        "split",
-        "instances",
-        "save_every",
-        "episodes",
-        "batch_norm",
-    ):
+    for flag in OMNIGLOT_ONLY:
         if getattr(args, flag) is not None:
             raise ValueError(
                 f"--{flag.replace('_', '-')} applies to Omniglot recipes, not {args.recipe}."
@@ -293,9 +312,7 @@ def _refuse(
 def _train_cnp(args: argparse.Namespace, argv: Sequence[str]) -> dict:
     _refuse(args, ("inner_steps", "inner_lr", "first_order"), "it takes no gradient steps")
     _refuse(args, ("k_shot",), "each step draws 1 to 10 support points")
-    _refuse(
-        args, ("n_way", "train_way", "split", "save_every", "episodes", "batch_norm"), "no Omniglot"
-    )
+    _refuse(args, OMNIGLOT_ONLY, "it is not an Omniglot recipe")
     overrides = _overrides(args, ("meta_steps", "meta_batch_size", "k_query", "outer_lr", "seed"))
     config = model_based.CNPConfig(**overrides)
     trained = model_based.train_cnp(
@@ -459,7 +476,74 @@ def _evaluate_mann(args: argparse.Namespace) -> dict:
     }
 
 
+def _train_transfer(args: argparse.Namespace, argv: Sequence[str]) -> dict:
+    _refuse(args, ("inner_steps", "inner_lr", "first_order"), "it has no inner loop")
+    _refuse(args, ("k_shot", "k_query", "n_way", "train_way"), "it trains on images, not episodes")
+    _refuse(args, ("instances", "save_every", "batch_norm"), "not a recipe option")
+    overrides = _overrides(args, ("meta_steps", "outer_lr", "seed", "fine_tune"))
+    if args.meta_batch_size is not None:
+        overrides["batch_size"] = args.meta_batch_size
+    config = baseline.TransferConfig(scheme=args.split or "vinyals", **overrides)
+    device = runtime.device(args.device)
+    data = omniglot.load()
+    trained = baseline.train_transfer(
+        config, data=data, device=device, progress=not args.no_progress
+    )
+    episodes = args.episodes or 1000
+    accuracy = {}
+    for n_way, k_shot in ((5, 1), (5, 5), (20, 1), (20, 5)):
+        sampler = metric.evaluation_sampler(
+            data, scheme=config.scheme, n_way=n_way, k_shot=k_shot, device=device
+        )
+        score = baseline.evaluate_transfer(trained.model, config, sampler, n_episodes=episodes)
+        accuracy[f"{n_way}-way {k_shot}-shot"] = score.to_dict()
+    losses = trained.history.losses
+    tail = losses[-100:] or [float("nan")]
+    metrics = {
+        "steps": len(losses),
+        "final_train_loss_mean_last_100": sum(tail) / len(tail),
+        "test_accuracy": accuracy,
+    }
+    command = "python -m metalib " + shlex.join(argv)
+    pt_path, json_path = baseline.save_transfer(trained, args.out, metrics=metrics, command=command)
+    return {
+        "checkpoint": str(pt_path),
+        "sidecar": str(json_path),
+        "wall_time_s": round(trained.history.seconds, 2),
+        **metrics,
+    }
+
+
+def _evaluate_transfer(args: argparse.Namespace) -> dict:
+    _refuse(args, ("inner_lr",), "it has no inner loop", what=baseline.TransferConfig.recipe)
+    device = runtime.device(args.device)
+    config, model = baseline.load_transfer(args.checkpoint, device=device)
+    n_way = 5 if args.n_way is None else args.n_way
+    k_shot = 1 if args.k_shot is None else args.k_shot
+    sampler = metric.evaluation_sampler(
+        omniglot.load(), scheme=config.scheme, n_way=n_way, k_shot=k_shot, device=device
+    )
+    episodes = args.episodes or 1000
+    score = baseline.evaluate_transfer(
+        model, config, sampler, n_episodes=episodes, fine_tune=args.fine_tune
+    )
+    return {
+        "checkpoint": args.checkpoint,
+        "recipe": config.recipe,
+        "n_way": n_way,
+        "k_shot": k_shot,
+        "split": config.scheme,
+        "fine_tune": args.fine_tune or config.fine_tune,
+        "episodes": episodes,
+        "accuracy": {"mean": score.mean, "ci95": score.ci95},
+    }
+
+
 def _train_omniglot(args: argparse.Namespace, argv: Sequence[str]) -> dict:
+    if args.recipe == baseline.TransferConfig.recipe:
+        return _train_transfer(args, argv)
+    if args.fine_tune is not None:
+        raise ValueError(f"--fine-tune applies to transfer-omniglot, not {args.recipe}.")
     if args.recipe in METRIC_RECIPES:
         return _train_metric(args, argv)
     if args.recipe == model_based.MANNConfig.recipe:
@@ -561,10 +645,14 @@ def _evaluate_omniglot(args: argparse.Namespace) -> dict:
 def _evaluate(args: argparse.Namespace) -> dict:
     pt_path, json_path = checkpoints.paths(args.checkpoint)
     recipe = json.loads(json_path.read_text()).get("recipe", "") if json_path.is_file() else ""
+    if args.fine_tune is not None and recipe != baseline.TransferConfig.recipe:
+        raise ValueError(f"--fine-tune applies to transfer-omniglot checkpoints, not {recipe!r}.")
     if pt_path.is_file() and recipe == model_based.CNPConfig.recipe:
         return _evaluate_cnp(args)
     if pt_path.is_file() and recipe == model_based.MANNConfig.recipe:
         return _evaluate_mann(args)
+    if pt_path.is_file() and recipe == baseline.TransferConfig.recipe:
+        return _evaluate_transfer(args)
     if pt_path.is_file() and recipe in METRIC_RECIPES:
         return _evaluate_metric(args)
     if pt_path.is_file() and recipe.endswith("-omniglot"):

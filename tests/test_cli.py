@@ -4,7 +4,7 @@ import sys
 
 import pytest
 
-from metalib import cli
+from metalib import cli, runtime
 
 
 def run(argv, capsys):
@@ -396,3 +396,48 @@ def test_instances_is_refused_elsewhere(tmp_path, capsys):
         argv = ["train", recipe, "--out", str(tmp_path / "x"), "--instances", "3"]
         code, _, err = run(argv, capsys)
         assert code == 2 and "--instances" in err, (recipe, err)
+
+
+def test_train_and_evaluate_transfer(real_omniglot, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("METALIB_DATA", str(real_omniglot.data_dir))
+    monkeypatch.setenv("METALIB_CACHE", str(real_omniglot.cache_path.parent))
+    stem = tmp_path / "transfer"
+    argv = ["train", "transfer-omniglot", "--out", str(stem), "--meta-steps", "2"]
+    argv += ["--meta-batch-size", "16", "--episodes", "4", "--device", "cpu", "--no-progress"]
+    code, out, err = run(argv, capsys)
+    assert code == 0, err
+    sidecar = json.loads((tmp_path / "transfer.json").read_text())
+    assert (sidecar["config"]["batch_size"], sidecar["config"]["fine_tune"]) == (16, "head")
+    assert set(sidecar["metrics"]["test_accuracy"]) == {
+        "5-way 1-shot",
+        "5-way 5-shot",
+        "20-way 1-shot",
+        "20-way 5-shot",
+    }
+    evaluate = ["evaluate", str(stem) + ".pt", "--episodes", "4", "--device", "cpu"]
+    code, out, err = run(evaluate, capsys)
+    assert code == 0, err
+    result = json.loads(out)
+    recorded = sidecar["metrics"]["test_accuracy"]["5-way 1-shot"]["mean"]
+    assert result["accuracy"]["mean"] == pytest.approx(recorded, abs=1e-6)  # the same episodes
+    code, out, err = run(
+        [*evaluate, "--fine-tune", "whole", "--n-way", "3", "--k-shot", "2"], capsys
+    )
+    assert code == 0, err
+    result = json.loads(out)
+    assert (result["fine_tune"], result["n_way"], result["k_shot"]) == ("whole", 3, 2)
+
+
+def test_fine_tune_is_refused_elsewhere(tmp_path, capsys):
+    for recipe in ("sinusoid-maml", "maml-omniglot", "protonet-omniglot", "mann-omniglot"):
+        argv = ["train", recipe, "--out", str(tmp_path / "x"), "--fine-tune", "head"]
+        code, _, err = run(argv, capsys)
+        assert code == 2 and "--fine-tune" in err, (recipe, err)
+    code, _, err = run(
+        ["evaluate", "data/checkpoints/sinusoid_maml.pt", "--fine-tune", "head"], capsys
+    )
+    assert code == 2 and "--fine-tune applies to transfer-omniglot checkpoints" in err
+    code, _, err = run(
+        ["train", "transfer-omniglot", "--out", str(tmp_path / "x"), "--k-shot", "1"], capsys
+    )
+    assert code == 2 and "trains on images, not episodes" in err
