@@ -434,7 +434,8 @@ def test_fine_tune_is_refused_elsewhere(tmp_path, capsys):
         code, _, err = run(argv, capsys)
         assert code == 2 and "--fine-tune" in err, (recipe, err)
     code, _, err = run(
-        ["evaluate", "data/checkpoints/sinusoid_maml.pt", "--fine-tune", "head"], capsys
+        ["evaluate", str(runtime.checkpoint_dir() / "sinusoid_maml.pt"), "--fine-tune", "head"],
+        capsys,
     )
     assert code == 2 and "--fine-tune applies to transfer-omniglot checkpoints" in err
     code, _, err = run(
