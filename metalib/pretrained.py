@@ -22,8 +22,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import functional_call
 
-from metalib import checkpoints, classification, metric, model_based, recipes, runtime
-from metalib.algorithms import cnp, maml
+from metalib import baseline, checkpoints, classification, metric, model_based, recipes, runtime
+from metalib.algorithms import cnp, maml, mann, transfer
 
 
 def shipped() -> list[str]:
@@ -117,13 +117,16 @@ class FewShotClassifier:
 
 def load(
     name_or_path: str | os.PathLike[str], *, device: torch.device | str = "cpu"
-) -> FewShotClassifier | recipes.Learner | cnp.CNP:
+) -> FewShotClassifier | recipes.Learner | cnp.CNP | mann.MANN | transfer.PretrainedClassifier:
     """The model of a checkpoint: a shipped name or a ``PATH.pt``.
 
     Returns:
         A :class:`~metalib.recipes.Learner` for the sinusoid MAML family, a
-        :class:`~metalib.algorithms.cnp.CNP` (in eval mode) for ``cnp-sinusoid``, and a
-        :class:`FewShotClassifier` for Omniglot recipes.
+        :class:`~metalib.algorithms.cnp.CNP` (in eval mode) for ``cnp-sinusoid``, a
+        :class:`~metalib.algorithms.mann.MANN` for ``mann-omniglot`` (it reads labelled
+        sequences), the pretrained network of ``transfer-omniglot`` (use it with
+        :func:`~metalib.algorithms.transfer.fine_tune_head`), and a
+        :class:`FewShotClassifier` for the other Omniglot recipes.
 
     Raises:
         FileNotFoundError: if there is no such checkpoint.
@@ -136,6 +139,10 @@ def load(
         return recipes.load_learner(path, device=device)
     if recipe == model_based.CNPConfig.recipe:
         return model_based.load_cnp(path, device=device)[1]
+    if recipe == model_based.MANNConfig.recipe:
+        return model_based.load_mann(path, device=device)[1]
+    if recipe == baseline.TransferConfig.recipe:
+        return baseline.load_transfer(path, device=device)[1]
     if metric.is_metric_recipe(recipe):
         config, model = metric.load_metric(path, device=device)
         return FewShotClassifier(recipe, config, model, None, sidecar)

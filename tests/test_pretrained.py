@@ -6,8 +6,8 @@ import pytest
 import torch
 from PIL import Image
 
-from metalib import metric, model_based, pretrained, recipes
-from metalib.algorithms import cnp
+from metalib import baseline, metric, model_based, pretrained, recipes
+from metalib.algorithms import cnp, mann, transfer
 from metalib.data import omniglot
 from metalib.metric import MetricConfig
 
@@ -115,3 +115,18 @@ def test_cnp_checkpoints_load_as_ready_models(tmp_path):
         model(tasks.x_support, tasks.y_support, tasks.x_query),
         trained.model(tasks.x_support, tasks.y_support, tasks.x_query),
     )
+
+
+def test_mann_and_transfer_checkpoints_load_as_ready_models(tiny, tmp_path):
+    mann_config = model_based.MANNConfig(
+        n_way=3, instances=2, meta_steps=1, meta_batch_size=2, scheme="lake"
+    )
+    trained_mann = model_based.train_mann(mann_config, data=tiny, device="cpu", progress=False)
+    model_based.save_mann(trained_mann, tmp_path / "mann", metrics={}, command=None)
+    assert isinstance(pretrained.load(tmp_path / "mann.pt"), mann.MANN)
+
+    transfer_config = baseline.TransferConfig(meta_steps=1, batch_size=4, scheme="lake")
+    trained = baseline.train_transfer(transfer_config, data=tiny, device="cpu", progress=False)
+    baseline.save_transfer(trained, tmp_path / "transfer", metrics={}, command=None)
+    loaded = pretrained.load(tmp_path / "transfer.pt")
+    assert isinstance(loaded, transfer.PretrainedClassifier) and not loaded.training
