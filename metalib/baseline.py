@@ -156,15 +156,9 @@ def save_transfer(
     Only the embedding is kept: the pretraining head (one row per training class) is of
     no use at test time and would make the file several times larger.
     """
-    return checkpoints.save(
-        path,
-        recipe=trained.config.recipe,
-        config=trained.config.to_dict(),
-        state_dict=trained.model.embedding.state_dict(),
-        metrics=metrics,
-        device=runtime.describe_device(trained.device),
-        wall_time_s=round(trained.history.seconds, 2),
-        command=command,
+    embedding = trained.model.embedding.state_dict()
+    return checkpoints.save_run(
+        trained, path, metrics=metrics, command=command, state_dict=embedding
     )
 
 

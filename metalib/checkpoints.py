@@ -20,7 +20,7 @@ from typing import Any
 import torch
 
 import metalib
-from metalib import files
+from metalib import files, runtime
 
 FORMAT = 1
 
@@ -91,6 +91,31 @@ def read_sidecar(path: str | os.PathLike[str]) -> dict[str, Any]:
             f"checkpoint sidecar {json_path} not found: retrain with `python -m metalib train`."
         )
     return json.loads(json_path.read_text())
+
+
+def save_run(
+    run: Any,
+    path: str | os.PathLike[str],
+    *,
+    metrics: dict[str, Any] | None = None,
+    command: str | None = None,
+    state_dict: dict[str, torch.Tensor] | None = None,
+) -> tuple[Path, Path]:
+    """:func:`save` a finished training run: anything with ``config`` (which has ``recipe``
+    and ``to_dict()``), ``model``, ``history`` (with ``seconds``) and ``device``.
+
+    ``state_dict`` replaces ``run.model.state_dict()`` (to keep only part of a network).
+    """
+    return save(
+        path,
+        recipe=run.config.recipe,
+        config=run.config.to_dict(),
+        state_dict=run.model.state_dict() if state_dict is None else state_dict,
+        metrics=metrics,
+        device=runtime.describe_device(run.device),
+        wall_time_s=round(run.history.seconds, 2),
+        command=command,
+    )
 
 
 def load(path: str | os.PathLike[str], *, recipe: str | None = None) -> dict[str, Any]:

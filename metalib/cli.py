@@ -280,16 +280,22 @@ def _train(args: argparse.Namespace, argv: Sequence[str]) -> dict:
     config = SinusoidConfig.for_method(args.recipe.removeprefix("sinusoid-"), **overrides)
     device = runtime.device(args.device)
     trained = train_sinusoid(config, device=device, progress=not args.no_progress)
+    curve = evaluate_sinusoid(trained.learner, k_shot=5, n_tasks=1000, max_steps=max(REPORT_STEPS))
+    metrics = {"test_mse_k5_1000_tasks": curve.to_dict(REPORT_STEPS)}
+    return _save_run(trained, args, argv, save_trained, metrics)
+
+
+def _save_run(trained, args: argparse.Namespace, argv: Sequence[str], save, metrics: dict) -> dict:
+    """Add the step count and final training loss to ``metrics``, save, and report."""
     losses = trained.history.losses
     tail = losses[-100:] or [float("nan")]
-    curve = evaluate_sinusoid(trained.learner, k_shot=5, n_tasks=1000, max_steps=max(REPORT_STEPS))
     metrics = {
         "steps": len(losses),
         "final_train_loss_mean_last_100": sum(tail) / len(tail),
-        "test_mse_k5_1000_tasks": curve.to_dict(REPORT_STEPS),
+        **metrics,
     }
     command = "python -m metalib " + shlex.join(argv)
-    pt_path, json_path = save_trained(trained, args.out, metrics=metrics, command=command)
+    pt_path, json_path = save(trained, args.out, metrics=metrics, command=command)
     return {
         "checkpoint": str(pt_path),
         "sidecar": str(json_path),
@@ -318,24 +324,13 @@ def _train_cnp(args: argparse.Namespace, argv: Sequence[str]) -> dict:
     trained = model_based.train_cnp(
         config, device=runtime.device(args.device), progress=not args.no_progress
     )
-    losses = trained.history.losses
-    tail = losses[-100:] or [float("nan")]
     metrics = {
-        "steps": len(losses),
-        "final_train_loss_mean_last_100": sum(tail) / len(tail),
         **{
             f"test_k{k}_1000_tasks": model_based.evaluate_cnp(trained.model, k_shot=k).to_dict()
             for k in (5, 10)
         },
     }
-    command = "python -m metalib " + shlex.join(argv)
-    pt_path, json_path = model_based.save_cnp(trained, args.out, metrics=metrics, command=command)
-    return {
-        "checkpoint": str(pt_path),
-        "sidecar": str(json_path),
-        "wall_time_s": round(trained.history.seconds, 2),
-        **metrics,
-    }
+    return _save_run(trained, args, argv, model_based.save_cnp, metrics)
 
 
 def _evaluate_cnp(args: argparse.Namespace) -> dict:
@@ -384,21 +379,10 @@ def _train_metric(args: argparse.Namespace, argv: Sequence[str]) -> dict:
         )
         score = metric.evaluate_metric(trained.model, config, sampler, n_episodes=episodes)
         accuracy[f"{n_way}-way {config.k_shot}-shot"] = score.to_dict()
-    losses = trained.history.losses
-    tail = losses[-100:] or [float("nan")]
     metrics = {
-        "steps": len(losses),
-        "final_train_loss_mean_last_100": sum(tail) / len(tail),
         "test_accuracy": accuracy,
     }
-    command = "python -m metalib " + shlex.join(argv)
-    pt_path, json_path = metric.save_metric(trained, args.out, metrics=metrics, command=command)
-    return {
-        "checkpoint": str(pt_path),
-        "sidecar": str(json_path),
-        "wall_time_s": round(trained.history.seconds, 2),
-        **metrics,
-    }
+    return _save_run(trained, args, argv, metric.save_metric, metrics)
 
 
 def _evaluate_metric(args: argparse.Namespace) -> dict:
@@ -438,23 +422,12 @@ def _train_mann(args: argparse.Namespace, argv: Sequence[str]) -> dict:
     )
     episodes = args.episodes or 1000
     sampler = model_based.sequence_sampler(data, config, split="test", device=device)
-    losses = trained.history.losses
-    tail = losses[-100:] or [float("nan")]
     metrics = {
-        "steps": len(losses),
-        "final_train_loss_mean_last_100": sum(tail) / len(tail),
         "test_accuracy": model_based.evaluate_mann(
             trained.model, sampler, n_episodes=episodes
         ).to_dict(),
     }
-    command = "python -m metalib " + shlex.join(argv)
-    pt_path, json_path = model_based.save_mann(trained, args.out, metrics=metrics, command=command)
-    return {
-        "checkpoint": str(pt_path),
-        "sidecar": str(json_path),
-        "wall_time_s": round(trained.history.seconds, 2),
-        **metrics,
-    }
+    return _save_run(trained, args, argv, model_based.save_mann, metrics)
 
 
 def _evaluate_mann(args: argparse.Namespace) -> dict:
@@ -497,21 +470,10 @@ def _train_transfer(args: argparse.Namespace, argv: Sequence[str]) -> dict:
         )
         score = baseline.evaluate_transfer(trained.model, config, sampler, n_episodes=episodes)
         accuracy[f"{n_way}-way {k_shot}-shot"] = score.to_dict()
-    losses = trained.history.losses
-    tail = losses[-100:] or [float("nan")]
     metrics = {
-        "steps": len(losses),
-        "final_train_loss_mean_last_100": sum(tail) / len(tail),
         "test_accuracy": accuracy,
     }
-    command = "python -m metalib " + shlex.join(argv)
-    pt_path, json_path = baseline.save_transfer(trained, args.out, metrics=metrics, command=command)
-    return {
-        "checkpoint": str(pt_path),
-        "sidecar": str(json_path),
-        "wall_time_s": round(trained.history.seconds, 2),
-        **metrics,
-    }
+    return _save_run(trained, args, argv, baseline.save_transfer, metrics)
 
 
 def _evaluate_transfer(args: argparse.Namespace) -> dict:

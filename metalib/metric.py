@@ -260,16 +260,7 @@ def evaluate_metric(
 
 def save_metric(trained: TrainedMetric, path, *, metrics: dict, command: str | None):
     """Write ``PATH.pt`` and ``PATH.json`` (see :mod:`metalib.checkpoints`)."""
-    return checkpoints.save(
-        path,
-        recipe=trained.config.recipe,
-        config=trained.config.to_dict(),
-        state_dict=trained.model.state_dict(),
-        metrics=metrics,
-        device=runtime.describe_device(trained.device),
-        wall_time_s=round(trained.history.seconds, 2),
-        command=command,
-    )
+    return checkpoints.save_run(trained, path, metrics=metrics, command=command)
 
 
 def is_metric_recipe(recipe: str) -> bool:

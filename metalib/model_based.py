@@ -147,16 +147,7 @@ def save_cnp(
     trained: TrainedCNP, path: str | os.PathLike[str], *, metrics: dict, command: str | None
 ):
     """Write ``PATH.pt`` and ``PATH.json`` (see :mod:`metalib.checkpoints`)."""
-    return checkpoints.save(
-        path,
-        recipe=trained.config.recipe,
-        config=trained.config.to_dict(),
-        state_dict=trained.model.state_dict(),
-        metrics=metrics,
-        device=runtime.describe_device(trained.device),
-        wall_time_s=round(trained.history.seconds, 2),
-        command=command,
-    )
+    return checkpoints.save_run(trained, path, metrics=metrics, command=command)
 
 
 def load_cnp(
@@ -327,16 +318,7 @@ def save_mann(
     trained: TrainedMANN, path: str | os.PathLike[str], *, metrics: dict, command: str | None
 ):
     """Write ``PATH.pt`` and ``PATH.json`` (see :mod:`metalib.checkpoints`)."""
-    return checkpoints.save(
-        path,
-        recipe=trained.config.recipe,
-        config=trained.config.to_dict(),
-        state_dict=trained.model.state_dict(),
-        metrics=metrics,
-        device=runtime.describe_device(trained.device),
-        wall_time_s=round(trained.history.seconds, 2),
-        command=command,
-    )
+    return checkpoints.save_run(trained, path, metrics=metrics, command=command)
 
 
 def load_mann(
