@@ -102,6 +102,7 @@ def test_shipped_omniglot_checkpoint_matches_its_sidecar(real_omniglot, monkeypa
 # The metric-based checkpoints of chapter 06: (name, k_shot, the sidecar's settings).
 METRIC = [
     ("protonet_omniglot_1shot", 1),
+    ("protonet_omniglot_5shot", 5),
 ]
 
 
