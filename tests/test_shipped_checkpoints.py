@@ -104,6 +104,7 @@ METRIC = [
     ("protonet_omniglot_1shot", 1),
     ("protonet_omniglot_5shot", 5),
     ("matching_omniglot_1shot", 1),
+    ("siamese_omniglot_1shot", 1),
 ]
 
 
