@@ -103,6 +103,7 @@ def test_shipped_omniglot_checkpoint_matches_its_sidecar(real_omniglot, monkeypa
 METRIC = [
     ("protonet_omniglot_1shot", 1),
     ("protonet_omniglot_5shot", 5),
+    ("protonet_omniglot_lake_1shot", 1),
     ("matching_omniglot_1shot", 1),
     ("siamese_omniglot_1shot", 1),
 ]
