@@ -24,7 +24,7 @@ from metalib import checkpoints, checks, metric, runtime
 from metalib.algorithms import transfer
 from metalib.data import episodes, omniglot, splits
 from metalib.metric import Score
-from metalib.training import Callback, History, mean_ci95, train_loop
+from metalib.training import Callback, History, check_outer_lr, mean_ci95, train_loop
 
 FINE_TUNE = ("head", "whole")
 
@@ -48,7 +48,7 @@ class TransferConfig:
         minimums = {"batch_size": 1, "halve_every": 1}
         for name in ("meta_steps", "head_steps", "seed", *minimums):
             checks.count(name, getattr(self, name), minimums.get(name, 0))
-        checks.positive_number("outer_lr", self.outer_lr)
+        check_outer_lr(self.outer_lr, self.outer_lr_schedule)
         checks.positive_number("head_lr", self.head_lr)
         checks.one_of("fine_tune", self.fine_tune, FINE_TUNE)
         checks.one_of("scheme", self.scheme, splits.SCHEMES)

@@ -26,13 +26,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from metalib import checkpoints, checks, recipes, runtime
+from metalib import checkpoints, checks, metric, recipes, runtime
 from metalib.algorithms import cnp, mann
 from metalib.data import episodes, omniglot, splits
 from metalib.tasks import SinusoidTasks, TaskBatch
-from metalib.training import Callback, History, mean_ci95, train_loop
-
-TEST_SEED_OMNIGLOT = 2017  # the test episodes of chapters 05 and 06
+from metalib.training import Callback, History, check_outer_lr, mean_ci95, train_loop
 
 
 @dataclass(frozen=True)
@@ -55,7 +53,7 @@ class CNPConfig:
             checks.count(name, getattr(self, name), minimums.get(name, 0))
         if self.k_min > self.k_max:
             raise ValueError(f"k_min={self.k_min} exceeds k_max={self.k_max}: swap them.")
-        checks.positive_number("outer_lr", self.outer_lr)
+        check_outer_lr(self.outer_lr, self.outer_lr_schedule)
 
     recipe = "cnp-sinusoid"
 
@@ -188,7 +186,7 @@ class MANNConfig:
         minimums = {"n_way": 2, "instances": 1, "meta_batch_size": 1}
         for name in ("meta_steps", "seed", *minimums):
             checks.count(name, getattr(self, name), minimums.get(name, 0))
-        checks.positive_number("outer_lr", self.outer_lr)
+        check_outer_lr(self.outer_lr, self.outer_lr_schedule)
         checks.one_of("scheme", self.scheme, splits.SCHEMES)
         self.model()  # the network's own checks (sizes, gamma)
 
@@ -292,7 +290,7 @@ def evaluate_mann(
     sampler: episodes.EpisodeSampler,
     *,
     n_episodes: int = 1000,
-    seed: int = TEST_SEED_OMNIGLOT,
+    seed: int = metric.TEST_SEED,
     chunk: int = 100,
 ) -> InstanceAccuracy:
     """Accuracy by instance number over ``n_episodes`` test sequences (the same for every model)."""

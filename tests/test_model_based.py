@@ -57,6 +57,7 @@ def test_load_refuses_other_recipes(tmp_path):
         ({"k_min": 0}, "k_min"),
         ({"meta_batch_size": 0}, "meta_batch_size"),
         ({"outer_lr": -1.0}, "outer_lr"),
+        ({"outer_lr_schedule": "cyclic"}, "outer_lr_schedule='cyclic'"),
     ],
 )
 def test_bad_config(overrides, message):

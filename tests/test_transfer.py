@@ -100,6 +100,7 @@ def test_checkpoint_keeps_the_embedding_only(tiny, tmp_path):
         ({"fine_tune": "all"}, "fine_tune"),
         ({"batch_size": 0}, "batch_size"),
         ({"head_lr": 0.0}, "head_lr"),
+        ({"outer_lr_schedule": "cyclic"}, "outer_lr_schedule"),
     ],
 )
 def test_bad_config(overrides, message):
