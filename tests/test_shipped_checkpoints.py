@@ -149,3 +149,22 @@ def test_shipped_cnp_matches_its_sidecar_and_beats_maml(results):
     # MAML's 1,000 tasks at K = 5: the CNP without a gradient step below MAML after 10.
     k5 = sidecar["metrics"]["test_k5_1000_tasks"]["mse"]
     assert k5 < results["sinusoid_maml"]["10"]["mean"], (k5, results["sinusoid_maml"])
+
+
+def test_shipped_transfer_baseline_matches_its_sidecar(real_omniglot, monkeypatch):
+    monkeypatch.setenv("METALIB_DATA", str(real_omniglot.data_dir))
+    monkeypatch.setenv("METALIB_CACHE", str(real_omniglot.cache_path.parent))
+    stem = SHIPPED / "transfer_omniglot"
+    sidecar = checkpoints.load(stem)["sidecar"]
+    assert sidecar["command"].startswith("python -m metalib train transfer-omniglot ")
+    assert sidecar["config"]["meta_steps"] == sidecar["metrics"]["steps"]
+    assert stem.with_suffix(".pt").stat().st_size < 1_000_000
+    recorded = sidecar["metrics"]["test_accuracy"]["5-way 1-shot"]
+    assert recorded["episodes"] == 1000
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        argv = ["evaluate", f"{stem}.pt", "--episodes", "100", "--device", "cpu"]
+        assert cli.main(argv) == 0
+    result = json.loads(out.getvalue())
+    assert (result["n_way"], result["k_shot"], result["fine_tune"]) == (5, 1, "head")
+    assert abs(result["accuracy"]["mean"] - recorded["mean"]) <= 3 * result["accuracy"]["ci95"]
