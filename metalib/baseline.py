@@ -24,7 +24,7 @@ from metalib import checkpoints, checks, metric, runtime
 from metalib.algorithms import transfer
 from metalib.data import episodes, omniglot, splits
 from metalib.metric import Score
-from metalib.training import Callback, History, check_outer_lr, mean_ci95, train_loop
+from metalib.training import Callback, History, check_outer_lr, mean_ci95, train_network
 
 FINE_TUNE = ("head", "whole")
 
@@ -101,17 +101,7 @@ def train_transfer(
         x = images.flatten(0, 1)[index].float().div_(255)[:, None]  # (batch, 1, 28, 28)
         return F.cross_entropy(model(x), index // drawers)
 
-    history = train_loop(
-        step_loss,
-        dict(model.named_parameters()),
-        meta_steps=config.meta_steps,
-        outer_lr=config.outer_lr,
-        outer_lr_schedule=config.outer_lr_schedule,
-        halve_every=config.halve_every,
-        callback=callback,
-        progress=progress,
-        description=config.recipe,
-    )
+    history = train_network(step_loss, model, config, callback=callback, progress=progress)
     return TrainedTransfer(config, model.eval(), history, dev)
 
 

@@ -25,7 +25,7 @@ from metalib import checkpoints, checks, runtime
 from metalib.algorithms import matching, protonet, siamese
 from metalib.data import episodes, omniglot, splits
 from metalib.models import ConvEmbedding
-from metalib.training import Callback, History, mean_ci95, train_loop
+from metalib.training import Callback, History, mean_ci95, train_network
 
 METHODS = ("protonet", "matching", "siamese")
 TEST_SEED = 2017  # the same test episodes as chapter 05's MAML evaluation
@@ -148,19 +148,20 @@ def train_metric(
         batch = sampler.sample(config.meta_batch_size, generator=generator)
         return episode_loss(model, config, batch)
 
-    history = train_loop(
-        step_loss,
-        dict(model.named_parameters()),
-        meta_steps=config.meta_steps,
-        outer_lr=config.outer_lr,
-        outer_lr_schedule=config.outer_lr_schedule,
-        halve_every=config.halve_every,
-        callback=callback,
-        progress=progress,
-        description=config.recipe,
-    )
+    history = train_network(step_loss, model, config, callback=callback, progress=progress)
     model.eval()
     return TrainedMetric(config, model, history, dev)
+
+
+@torch.no_grad()
+def embed_episode(
+    model: nn.Module, episode: episodes.Episodes, n_way: int
+) -> tuple[Tensor, Tensor]:
+    """Query embeddings ``(tasks, n_query, d)`` and prototypes ``(tasks, n_way, d)`` of a
+    batch of episodes, the network in eval mode (chapter 06's pictures of the space)."""
+    model.eval()
+    support, query = model(episode.x_support), model(episode.x_query)
+    return query, protonet.prototypes(support, episode.y_support, n_way)
 
 
 class Score(NamedTuple):
@@ -294,6 +295,7 @@ __all__ = [
     "Score",
     "TrainedMetric",
     "accuracy_over_episodes",
+    "embed_episode",
     "episode_logits",
     "episode_loss",
     "evaluate_metric",

@@ -30,7 +30,7 @@ from metalib import checkpoints, checks, metric, recipes, runtime
 from metalib.algorithms import cnp, mann
 from metalib.data import episodes, omniglot, splits
 from metalib.tasks import SinusoidTasks, TaskBatch
-from metalib.training import Callback, History, check_outer_lr, mean_ci95, train_loop
+from metalib.training import Callback, History, check_outer_lr, mean_ci95, train_network
 
 
 @dataclass(frozen=True)
@@ -96,16 +96,7 @@ def train_cnp(
         mean, std = model(tasks.x_support, tasks.y_support, x_target)
         return cnp.gaussian_nll(mean, std, y_target)
 
-    history = train_loop(
-        step_loss,
-        dict(model.named_parameters()),
-        meta_steps=config.meta_steps,
-        outer_lr=config.outer_lr,
-        outer_lr_schedule=config.outer_lr_schedule,
-        callback=callback,
-        progress=progress,
-        description=config.recipe,
-    )
+    history = train_network(step_loss, model, config, callback=callback, progress=progress)
     return TrainedCNP(config, model.eval(), history, dev)
 
 
@@ -257,16 +248,7 @@ def train_mann(
         logits = model(x, y)  # (tasks, steps, n_way)
         return F.cross_entropy(logits.flatten(0, 1), y.flatten())
 
-    history = train_loop(
-        step_loss,
-        dict(model.named_parameters()),
-        meta_steps=config.meta_steps,
-        outer_lr=config.outer_lr,
-        outer_lr_schedule=config.outer_lr_schedule,
-        callback=callback,
-        progress=progress,
-        description=config.recipe,
-    )
+    history = train_network(step_loss, model, config, callback=callback, progress=progress)
     return TrainedMANN(config, model.eval(), history, dev)
 
 

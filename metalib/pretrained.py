@@ -32,6 +32,30 @@ def shipped() -> list[str]:
     return sorted(p.stem for p in folder.glob("*.pt") if p.with_suffix(".json").is_file())
 
 
+def recorded_accuracy(name: str, setting: str) -> dict | None:
+    """The test accuracy a shipped Omniglot checkpoint's sidecar records for ``setting``.
+
+    Args:
+        name: a shipped checkpoint's name, e.g. ``"protonet_omniglot_1shot"``.
+        setting: e.g. ``"5-way 1-shot"``.
+
+    Returns:
+        ``{"mean", "ci95", "episodes"}``, or None if the checkpoint is not shipped or was
+        not evaluated in that setting. MAML checkpoints record their own setting only, after
+        each test-time step; this is the last step's.
+    """
+    if name not in shipped():
+        return None
+    sidecar = checkpoints.read_sidecar(path_of(name))
+    metrics, config = sidecar["metrics"], sidecar["config"]
+    if "test_accuracy" in metrics:  # the metric-based family and the transfer baseline
+        return metrics["test_accuracy"].get(setting)
+    by_step = metrics.get("test_accuracy_by_step")
+    if not by_step or setting != f"{config['n_way']}-way {config['k_shot']}-shot":
+        return None
+    return {**by_step[max(by_step, key=int)], "episodes": metrics.get("test_episodes")}
+
+
 def path_of(name_or_path: str | os.PathLike[str]) -> Path:
     """The ``.pt`` path of a shipped name, or ``name_or_path`` itself if it is a path."""
     text = os.fspath(name_or_path)
@@ -152,4 +176,4 @@ def load(
     raise ValueError(f"{path} holds recipe {recipe!r}, which this course does not know.")
 
 
-__all__ = ["FewShotClassifier", "load", "path_of", "shipped"]
+__all__ = ["FewShotClassifier", "load", "path_of", "recorded_accuracy", "shipped"]

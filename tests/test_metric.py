@@ -111,3 +111,19 @@ def test_episodes_wider_or_deeper_than_the_split_are_refused(tiny):
         )
     with pytest.raises(ValueError, match="n_way=9"):  # lake test has 8 classes
         metric.evaluation_sampler(tiny, scheme="lake", n_way=9)
+
+
+def test_embed_episode_gives_queries_and_class_means(tiny):
+    config = tiny_config()
+    batch = metric.evaluation_sampler(tiny, scheme="lake", n_way=4, k_shot=2).sample(
+        3, generator=torch.Generator().manual_seed(0)
+    )
+    model = config.model().train()
+    query, protos = metric.embed_episode(model, batch, 4)
+    assert query.shape == (3, 60, 64) and protos.shape == (3, 4, 64) and not model.training
+    with torch.no_grad():
+        support = model(batch.x_support)  # (3, 8, 64)
+    for k in range(4):
+        torch.testing.assert_close(
+            protos[:, k], support[batch.y_support == k].view(3, 2, 64).mean(1)
+        )

@@ -130,3 +130,28 @@ def test_mann_and_transfer_checkpoints_load_as_ready_models(tiny, tmp_path):
     baseline.save_transfer(trained, tmp_path / "transfer", metrics={}, command=None)
     loaded = pretrained.load(tmp_path / "transfer.pt")
     assert isinstance(loaded, transfer.PretrainedClassifier) and not loaded.training
+
+
+def test_original_png_is_the_archive_drawing(small_omniglot, tiny, tmp_path):
+    data_dir, _ = small_omniglot
+    name, png = first_png(data_dir / "images_background.zip")
+    assert omniglot.original_png(tiny, 0, drawer=0) == (name, png)
+    member, other = omniglot.original_png(tiny, 0, drawer=3)
+    (tmp_path / "d.png").write_bytes(other)
+    expected = tiny.by_character()[0, 3].float() / 255
+    assert member != name and torch.equal(omniglot.image_to_tensor(tmp_path / "d.png")[0], expected)
+    with pytest.raises(ValueError, match=r"drawer=20 must lie in 0\.\.19"):
+        omniglot.original_png(tiny, 0, drawer=20)
+
+
+def test_recorded_accuracy_reads_the_sidecars():
+    sidecar = pretrained.load("protonet_omniglot_1shot").sidecar["metrics"]["test_accuracy"]
+    assert (
+        pretrained.recorded_accuracy("protonet_omniglot_1shot", "20-way 1-shot")
+        == sidecar["20-way 1-shot"]
+    )
+    assert pretrained.recorded_accuracy("protonet_omniglot_1shot", "5-way 5-shot") is None
+    maml = pretrained.recorded_accuracy("maml_omniglot_5w1s_cpu_demo", "5-way 1-shot")
+    assert maml["episodes"] == 600 and 0.85 < maml["mean"] < 1
+    assert pretrained.recorded_accuracy("maml_omniglot_5w1s_cpu_demo", "20-way 1-shot") is None
+    assert pretrained.recorded_accuracy("not_shipped", "5-way 1-shot") is None

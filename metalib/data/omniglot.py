@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import io
 import os
+import zipfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -92,6 +93,23 @@ def _decode(archive, member: archives.Member, spec: ArchiveSpec, path: Path) -> 
             f"{spec.image_size}×{spec.image_size}; replace the archive with {spec.url}."
         )
     return pixels
+
+
+def original_png(data: Omniglot, character: int, drawer: int = 0) -> tuple[str, bytes]:
+    """The archive member name and PNG bytes of one drawing, as published (105x105).
+
+    Raises:
+        ValueError: if ``drawer`` is not one of the character's drawings.
+    """
+    archive_name = "images_background" if data.background[character] else "images_evaluation"
+    with zipfile.ZipFile(data.data_dir / f"{archive_name}.zip") as archive:
+        prefix = f"{archive_name}/{data.character_names[character]}/"
+        members = sorted(
+            n for n in archive.namelist() if n.startswith(prefix) and n.endswith(".png")
+        )
+        if not 0 <= drawer < len(members):
+            raise ValueError(f"drawer={drawer} must lie in 0..{len(members) - 1} for {prefix}.")
+        return members[drawer], archive.read(members[drawer])
 
 
 def shrink(ink: torch.Tensor) -> torch.Tensor:
