@@ -318,3 +318,99 @@ def plot_embedding(
     if n_way <= 5:
         ax.legend(fontsize=7, loc="best")
     return ax
+
+
+def plot_architecture(
+    stages: Sequence[str],
+    *,
+    ax: Axes | None = None,
+    inputs: Mapping[int, str] | None = None,
+    title: str | None = None,
+) -> Axes:
+    """A model as a picture: boxes left to right, one per stage, joined by arrows.
+
+    Args:
+        stages: the text of each box, in the order data flows through them.
+        inputs: ``{i: text}``: an extra input drawn above stage ``i`` with an arrow into it.
+        title: drawn above the picture.
+    """
+    if not stages:
+        raise ValueError("stages is empty: give the text of at least one box.")
+    extra = dict(inputs or {})
+    if any(not 0 <= i < len(stages) for i in extra):
+        raise ValueError(f"inputs {sorted(extra)} must index stages 0..{len(stages) - 1}.")
+    ax = _axes(ax)
+    box = {"boxstyle": "round,pad=0.5", "fc": "#eaf2f8", "ec": "#1f618d"}
+    arrow = {"arrowstyle": "->", "color": "#1f618d", "lw": 1.5}
+    for i, text in enumerate(stages):
+        ax.text(i, 0, text, ha="center", va="center", fontsize=9, bbox=box)
+        if i:
+            ax.annotate("", xy=(i - 0.3, 0), xytext=(i - 0.7, 0), arrowprops=arrow)
+    for i, text in extra.items():
+        ax.text(i, 0.8, text, ha="center", va="center", fontsize=9, bbox={**box, "fc": "white"})
+        ax.annotate("", xy=(i, 0.3), xytext=(i, 0.6), arrowprops=arrow)
+    ax.set(xlim=(-0.55, len(stages) - 0.45), ylim=(-0.5, 1.1))
+    ax.set_axis_off()
+    if title:
+        ax.set_title(title)
+    return ax
+
+
+def plot_cnp_prediction(
+    model: nn.Module,
+    task: TaskBatch,
+    *,
+    ax: Axes | None = None,
+    index: int = 0,
+    label: str = "CNP",
+    color: str = "#1f618d",
+) -> Axes:
+    """A CNP's predictive mean and ±2σ band on task ``index``, its truth and support points.
+
+    ``model(x_support, y_support, x_query)`` returns ``(mean, std)``, as
+    :class:`metalib.algorithms.cnp.CNP` does.
+    """
+    ax = _axes(ax)
+    plot_task(task, ax=ax, index=index)
+    device = next(model.parameters()).device
+    x_plot = SinusoidTasks().grid().to(device)[None]  # (1, 200, 1)
+    support = [t[index : index + 1].to(device) for t in task.support]  # (1, k, 1) each
+    with torch.no_grad():
+        mean, std = model(*support, x_plot)  # (1, 200, 1) each
+    x, mean, std = (t[0].squeeze(-1).cpu() for t in (x_plot, mean, std))
+    ax.plot(x, mean, ls="--", color=color, label=f"{label} mean")
+    ax.fill_between(x, mean - 2 * std, mean + 2 * std, color=color, alpha=0.2, label="± 2σ")
+    ax.legend(fontsize=8, loc="lower left")
+    return ax
+
+
+def plot_instance_accuracy(
+    results: Mapping[str, object],
+    *,
+    ax: Axes | None = None,
+    reference: Mapping[str, Sequence[float]] | None = None,
+    chance: float | None = None,
+) -> Axes:
+    """Accuracy on the 1st, 2nd, ... sight of a class (Santoro et al. 2016, Table 1).
+
+    Args:
+        results: ``{label: r}`` where ``r.mean`` and ``r.ci95`` hold one value per
+            instance (as :class:`metalib.model_based.InstanceAccuracy` does).
+        reference: ``{label: {instance: accuracy}}`` drawn as dashed lines with markers
+            (a paper's values).
+        chance: a horizontal line at this accuracy (``1 / n_way``).
+    """
+    ax = _axes(ax)
+    for label, result in results.items():
+        mean, ci = torch.tensor(result.mean), torch.tensor(result.ci95)
+        sights = range(1, len(mean) + 1)
+        (line,) = ax.plot(sights, mean, marker="o", ms=3, label=label)
+        ax.fill_between(sights, mean - ci, mean + ci, color=line.get_color(), alpha=0.2)
+    for label, values in (reference or {}).items():
+        ax.plot(list(values), list(values.values()), "x--", color="black", alpha=0.6, label=label)
+    if chance is not None:
+        ax.axhline(chance, color="grey", lw=1, ls=":", label="chance")
+    ax.set(xlabel="instance (how many times the class has been shown)", ylabel="accuracy")
+    ax.set(ylim=(0, 1.02))
+    ax.legend(fontsize=8)
+    return ax

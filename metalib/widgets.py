@@ -18,6 +18,10 @@ of a classifier for chosen test-time inner steps and step size. Both are used in
 :class:`PrototypePanel` redraws a Prototypical Network's test accuracy and one episode's
 embedding as the reader changes ``n_way`` and ``k_shot`` at test time. Used in
 ``notebooks/06_prototypical_networks.ipynb``.
+
+:class:`ContextPanel` redraws a conditional neural process's prediction and uncertainty
+band as the reader changes the number of context points and the task. Used in
+``notebooks/07_model_based.ipynb``.
 """
 
 from __future__ import annotations
@@ -34,15 +38,21 @@ from torch import nn
 from torch.func import functional_call
 
 from metalib import checks, metric
-from metalib.algorithms import maml, protonet
+from metalib.algorithms import cnp, maml, protonet
 from metalib.algorithms.maml import InnerLr
 from metalib.data.episodes import EpisodeSampler
 from metalib.data.omniglot import Omniglot
 from metalib.data.splits import ClassSplit
 from metalib.models import parameters_of
-from metalib.plotting import plot_adaptation, plot_curves, plot_embedding, plot_episode
+from metalib.plotting import (
+    plot_adaptation,
+    plot_cnp_prediction,
+    plot_curves,
+    plot_embedding,
+    plot_episode,
+)
 from metalib.recipes import Learner
-from metalib.tasks import SinusoidTasks
+from metalib.tasks import SinusoidTasks, TaskBatch
 from metalib.training import accuracy, evaluate
 
 
@@ -469,4 +479,99 @@ class PrototypePanel:
         self.summary.value = (
             f"{self.episodes} test episodes, {n_way}-way {k_shot}-shot: accuracy "
             f"<b>{self.score.mean:.3f} ± {self.score.ci95:.3f}</b>"
+        )
+
+
+class ContextPanel:
+    """Sliders for the context points a CNP reads, and for the task they come from.
+
+    The support points are the first ``K`` of one seeded draw of ``max_context``, so
+    moving the K slider adds or removes points and keeps the others where they were.
+
+    Args:
+        model: a :class:`~metalib.algorithms.cnp.CNP` (or anything called as
+            ``model(x_support, y_support, x_query) -> (mean, std)``).
+        seed: seeds the draw of the points.
+        max_context: the K slider's largest value.
+        query_points: points used to score the prediction (the summary line).
+
+    Attributes:
+        widget, controls (``k_shot``, ``amplitude``, ``phase``, ``support_range``),
+        summary (query MSE and negative log-likelihood), image.
+    """
+
+    def __init__(
+        self, model: nn.Module, *, seed: int = 0, max_context: int = 20, query_points: int = 200
+    ) -> None:
+        checks.count("max_context", max_context, 1)
+        self.model, self.seed, self.query_points = model, seed, query_points
+        self.controls = {
+            "k_shot": _slider(
+                widgets.IntSlider, "K (context points)", min=1, max=max_context, value=5
+            ),
+            "amplitude": _slider(
+                widgets.FloatSlider, "amplitude", min=0.1, max=5.0, value=3.0, step=0.1
+            ),
+            "phase": _slider(
+                widgets.FloatSlider, "phase", min=0.0, max=round(math.pi, 2), value=1.0, step=0.05
+            ),
+            "support_range": _slider(
+                widgets.FloatRangeSlider,
+                "context x range",
+                min=-5.0,
+                max=5.0,
+                value=(-5.0, 5.0),
+                step=0.5,
+            ),
+        }
+        self.summary = widgets.HTML()
+        self.image = widgets.Image(format="png")
+        for control in self.controls.values():
+            control.observe(lambda _change: self.redraw(), names="value")
+        self.widget = widgets.VBox(
+            [
+                widgets.HBox(list(self.controls.values())[:2]),
+                widgets.HBox(list(self.controls.values())[2:]),
+                self.summary,
+                self.image,
+            ]
+        )
+        self.redraw()
+
+    def task(self):
+        """The task the sliders describe, with the first K of the seeded context points."""
+        low, high = self.controls["support_range"].value
+        if high - low < 1e-6:
+            raise ValueError(f"support_range={(low, high)!r} is empty: widen it.")
+        k = self.controls["k_shot"].value
+        full = SinusoidTasks().sample(
+            1,
+            k_shot=self.controls["k_shot"].max,
+            k_query=self.query_points,
+            generator=torch.Generator().manual_seed(self.seed),
+            support_range=(low, high),
+            amplitude=self.controls["amplitude"].value,
+            phase=self.controls["phase"].value,
+        )
+        return TaskBatch(full.x_support[:, :k], full.y_support[:, :k], *full[2:])
+
+    def scores(self) -> dict[str, float]:
+        """Query MSE of the predictive mean and query NLL for the current sliders."""
+        task = self.task().to(next(self.model.parameters()).device)
+        with torch.no_grad():
+            mean, std = self.model(task.x_support, task.y_support, task.x_query)
+        nll = cnp.gaussian_nll(mean, std, task.y_query)
+        return {"mse": F.mse_loss(mean, task.y_query).item(), "nll": nll.item()}
+
+    def redraw(self) -> None:
+        task = self.task()
+        figure = Figure(figsize=(6, 3.6), dpi=80)
+        ax = figure.subplots()
+        plot_cnp_prediction(self.model, task, ax=ax)
+        ax.set(ylim=(-5.5, 5.5), title=f"K = {task.x_support.shape[1]} context points")
+        self.image.value = _png(figure)
+        s = self.scores()
+        self.summary.value = (
+            f"K={task.x_support.shape[1]} → query MSE <b>{s['mse']:.3f}</b>, "
+            f"negative log-likelihood <b>{s['nll']:.3f}</b> (no gradient step)"
         )

@@ -97,3 +97,55 @@ def test_plot_embedding_draws_queries_and_prototypes():
     )  # a dot set and a star per class
     assert sum(len(c.get_offsets()) for c in ax.collections) == 15 + 5
     plt.close(ax.figure)
+
+
+def test_plot_architecture_draws_one_box_per_stage_and_its_inputs():
+    ax = plotting.plot_architecture(["a", "b", "c"], inputs={2: "query x"}, title="net")
+    labels = [t.get_text() for t in ax.texts if t.get_text()]
+    arrows = [t for t in ax.texts if not t.get_text()]  # annotations with an arrow only
+    assert labels == ["a", "b", "c", "query x"]
+    assert len(arrows) == 2 + 1  # between the three boxes, and into the third
+    assert ax.get_title() == "net"
+    plt.close(ax.figure)
+
+
+@pytest.mark.parametrize(
+    ("stages", "inputs", "message"),
+    [([], None, "stages is empty"), (["a"], {3: "x"}, "must index stages 0..0")],
+)
+def test_plot_architecture_refuses_bad_input(stages, inputs, message):
+    with pytest.raises(ValueError, match=message):
+        plotting.plot_architecture(stages, inputs=inputs)
+    plt.close("all")
+
+
+def test_plot_cnp_prediction_draws_a_band_of_two_sigma():
+    from metalib.algorithms import cnp
+
+    torch.manual_seed(0)
+    model = cnp.CNP(hidden=8)
+    task = held_out_tasks(2, k_shot=3)
+    ax = plotting.plot_cnp_prediction(model, task, index=1)
+    truth, mean = ax.get_lines()[0], ax.get_lines()[-1]
+    x_plot = torch.tensor(mean.get_xdata(), dtype=torch.float32).view(1, -1, 1)
+    with torch.no_grad():
+        expected_mean, std = model(task.x_support[1:], task.y_support[1:], x_plot)
+    torch.testing.assert_close(torch.as_tensor(mean.get_ydata()).float(), expected_mean.flatten())
+    band = ax.collections[-1].get_paths()[0].vertices[:, 1]  # the fill's outline
+    width = float(band.max() - band.min())
+    assert width >= 4 * float(std.min()) and len(truth.get_xdata()) == 200
+    plt.close(ax.figure)
+
+
+def test_plot_instance_accuracy_draws_each_result_reference_and_chance():
+    from metalib.model_based import InstanceAccuracy
+
+    result = InstanceAccuracy(mean=(0.3, 0.8, 0.9), ci95=(0.02, 0.02, 0.01), episodes=50)
+    ax = plotting.plot_instance_accuracy(
+        {"ours": result}, reference={"paper": {1: 0.36, 2: 0.83}}, chance=0.2
+    )
+    lines = ax.get_lines()
+    assert list(lines[0].get_ydata()) == [0.3, 0.8, 0.9] and list(lines[0].get_xdata()) == [1, 2, 3]
+    assert list(lines[1].get_ydata()) == [0.36, 0.83]
+    assert lines[2].get_ydata()[0] == 0.2
+    plt.close(ax.figure)

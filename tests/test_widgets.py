@@ -158,3 +158,48 @@ def test_prototype_panel_redraws_for_new_ways_and_shots(small_omniglot, tmp_path
     panel.controls["k_shot"].value = 2
     assert "3-way 2-shot" in panel.summary.value and panel.score != first_score
     assert panel.controls["n_way"].max == 8  # lake test classes in the tiny archive
+
+
+@pytest.fixture
+def context_panel():
+    from metalib.algorithms import cnp
+
+    torch.manual_seed(0)
+    return widgets.ContextPanel(cnp.CNP(hidden=16), max_context=10)
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [("k_shot", 9), ("amplitude", 4.5), ("phase", 2.5), ("support_range", (-5.0, 0.0))],
+)
+def test_context_panel_redraws_for_each_slider(context_panel, name, value):
+    summary, image = context_panel.summary.value, context_panel.image.value
+    assert summary.startswith("K=5 ") and image[:4] == b"\x89PNG"
+    context_panel.controls[name].value = value
+    assert context_panel.summary.value != summary, f"{name} did not change the summary line"
+    assert context_panel.image.value != image, f"{name} did not change the plot"
+
+
+def test_context_panel_adds_points_and_keeps_the_others(context_panel):
+    five = context_panel.task()
+    context_panel.controls["k_shot"].value = 8
+    eight = context_panel.task()
+    assert five.x_support.shape == (1, 5, 1) and eight.x_support.shape == (1, 8, 1)
+    torch.testing.assert_close(eight.x_support[:, :5], five.x_support)
+    torch.testing.assert_close(eight.x_query, five.x_query)
+
+
+def test_context_panel_scores_its_task_with_the_model(context_panel):
+    from metalib.algorithms import cnp
+
+    task = context_panel.task()
+    with torch.no_grad():
+        mean, std = context_panel.model(task.x_support, task.y_support, task.x_query)
+    scores = context_panel.scores()
+    assert scores["mse"] == pytest.approx(((mean - task.y_query) ** 2).mean().item())
+    assert scores["nll"] == pytest.approx(cnp.gaussian_nll(mean, std, task.y_query).item())
+
+
+def test_context_panel_refuses_an_empty_range(context_panel):
+    with pytest.raises(ValueError, match="is empty"):
+        context_panel.controls["support_range"].value = (1.0, 1.0)
