@@ -69,6 +69,7 @@ benchmark: install
 	$(BIN)/python benchmarks/omniglot_data_speed.py
 	$(BIN)/python benchmarks/omniglot_maml_speed.py
 	$(BIN)/python benchmarks/protonet_speed.py
+	$(BIN)/python benchmarks/test_time_cost.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

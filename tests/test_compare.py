@@ -1,0 +1,89 @@
+import json
+
+import pytest
+
+from metalib import checkpoints, compare, pretrained
+
+
+def _entry(method, family, results, paper=None, name="x"):
+    return compare.Entry(name, method, family, results, paper or {}, 12.0, 300, "cpu (2 threads)")
+
+
+def test_omniglot_entries_are_the_vinyals_checkpoints_with_their_recorded_accuracy():
+    entries = {e.checkpoint: e for e in compare.omniglot_entries()}
+    assert "protonet_omniglot_lake_1shot" not in entries  # another split's test set
+    assert "cnp_sinusoid" not in entries
+    proto = entries["protonet_omniglot_1shot"]
+    assert (proto.method, proto.family) == ("Prototypical", "metric")
+    for setting, result in proto.results.items():
+        assert result == pretrained.recorded_accuracy("protonet_omniglot_1shot", setting)
+    assert proto.paper["5-way 1-shot"] == 98.8 and proto.paper["20-way 1-shot"] == 96.0
+    sidecar = checkpoints.read_sidecar(pretrained.path_of("protonet_omniglot_1shot"))
+    assert proto.train_minutes == pytest.approx(sidecar["wall_time_s"] / 60)
+    assert entries["transfer_omniglot"].paper == {}  # no paper reports it on Omniglot
+
+
+def test_omniglot_rows_put_the_best_first_within_each_setting():
+    a = _entry("A", "metric", {"5-way 1-shot": {"mean": 0.9, "ci95": 0.01, "episodes": 10}})
+    b = _entry(
+        "B",
+        "transfer",
+        {
+            "5-way 1-shot": {"mean": 0.95, "ci95": 0.01, "episodes": 10},
+            "20-way 1-shot": {"mean": 0.5, "ci95": 0.02, "episodes": 10},
+        },
+        paper={"5-way 1-shot": 97.0},
+    )
+    rows = compare.omniglot_rows([a, b])
+    assert [(r["setting"], r["method"]) for r in rows] == [
+        ("5-way 1-shot", "B"),
+        ("5-way 1-shot", "A"),
+        ("20-way 1-shot", "B"),
+    ]
+    assert rows[0]["paper"] == pytest.approx(0.97) and rows[1]["paper"] is None
+    table = compare.omniglot_table([a, b]).splitlines()
+    assert len(table) == 2 + 3
+    assert "| 5-way 1-shot | B | transfer | 95.0 ± 1.0 | 97.0 | 10 |" in table[2]
+
+
+def test_sinusoid_entries_read_maml_by_step_and_the_cnp_without_steps():
+    entries = {e.method: e for e in compare.sinusoid_entries()}
+    cnp = checkpoints.read_sidecar(pretrained.path_of("cnp_sinusoid"))["metrics"]
+    assert entries["CNP"].results == {
+        "0": {
+            "mean": cnp["test_k5_1000_tasks"]["mse"],
+            "ci95": cnp["test_k5_1000_tasks"]["mse_ci95"],
+        }
+    }
+    assert entries["MAML"].paper == {"1": 0.67, "5": 0.38, "10": 0.35}
+    assert set(entries["MAML"].results) >= set(compare.SINUSOID_STEPS)
+
+
+def test_sinusoid_table_names_diverged_steps_instead_of_a_mean():
+    e = _entry(
+        "Meta-SGD",
+        "optimization",
+        {"1": {"mean": 0.4, "ci95": 0.03}, "5": {"mean": None, "ci95": None, "diverged_tasks": 7}},
+        paper={"1": 0.5},
+    )
+    row = compare.sinusoid_table([e]).splitlines()[2]
+    assert "0.400 ± 0.030 (paper 0.5)" in row and "diverged (7 tasks)" in row and "| — |" in row
+
+
+def test_test_time_cost_reads_the_benchmark_record(tmp_path, monkeypatch):
+    path = tmp_path / "results" / "test_time_cost.json"
+    monkeypatch.setattr(compare, "results_path", lambda: path)
+    assert compare.test_time_cost("cpu") is None
+    path.parent.mkdir()
+    path.write_text(json.dumps({"cpu": {"device": "cpu (2 threads)", "omniglot": {}}}))
+    assert compare.test_time_cost("cpu")["device"] == "cpu (2 threads)"
+    assert compare.test_time_cost("cuda") is None
+
+
+def test_the_shipped_benchmark_record_covers_every_checkpoint():
+    record = compare.test_time_cost("cpu")
+    assert record is not None, "run: python benchmarks/test_time_cost.py --save"
+    omniglot = {e.checkpoint for e in compare.omniglot_entries() if e.method != "MANN"}
+    assert set(record["omniglot"]) == omniglot
+    assert set(record["sinusoid"]) == {e.checkpoint for e in compare.sinusoid_entries()}
+    assert all(r["ms_per_task"] > 0 for r in record["omniglot"].values())
