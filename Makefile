@@ -17,7 +17,7 @@ endif
 # Jupyter refuses to run as root (containers often do) unless told it may.
 LAB_ARGS ?= $(if $(filter 0,$(shell id -u)),--allow-root,)
 
-.PHONY: lab test install lint format execute checkpoints benchmark clean
+.PHONY: lab test install lint format execute student html checkpoints benchmark clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -53,6 +53,16 @@ execute: install
 	    METALIB_QUICK=0 $(BIN)/jupyter nbconvert --to notebook --execute --inplace \
 	        --ExecutePreprocessor.timeout=3600 "$$nb" || exit 1; \
 	done
+
+# Student versions of the chapters: solution cells (tag "solution") emptied; never committed.
+STUDENT_DIR ?= student
+student: install
+	$(BIN)/python -m metalib.student --out $(STUDENT_DIR) $(NOTEBOOKS)
+
+# The chapters with their committed full-mode outputs as a static site (open index.html).
+BOOK_DIR ?= build/book
+html: install
+	$(BIN)/python -m metalib.book --out $(BOOK_DIR) $(NOTEBOOKS)
 
 # Retrain the shipped checkpoints at full budget (see README: "Retraining the checkpoints").
 checkpoints: install
