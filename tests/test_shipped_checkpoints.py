@@ -81,7 +81,9 @@ def test_sidecars_record_how_they_were_made(name):
 
 
 @pytest.mark.parametrize(("name", "first_order"), [("maml", False), ("fomaml", True)])
-def test_shipped_omniglot_checkpoint_matches_its_sidecar(name, first_order, real_omniglot, monkeypatch):
+def test_shipped_omniglot_checkpoint_matches_its_sidecar(
+    name, first_order, real_omniglot, monkeypatch
+):
     """The CPU-budget (FO)MAML 5-way 1-shot checkpoints (400 of the paper's 60,000 steps)."""
     monkeypatch.setenv("METALIB_DATA", str(real_omniglot.data_dir))
     monkeypatch.setenv("METALIB_CACHE", str(real_omniglot.cache_path.parent))
