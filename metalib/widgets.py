@@ -61,6 +61,26 @@ def _slider(kind, description: str, **kw) -> widgets.Widget:
     return kind(description=description, continuous_update=False, style=style, **kw)
 
 
+def _task_sliders(range_description: str) -> dict[str, widgets.Widget]:
+    """Sliders for a sinusoid task's amplitude and phase and the range its points come from."""
+    return {
+        "amplitude": _slider(
+            widgets.FloatSlider, "amplitude", min=0.1, max=5.0, value=3.0, step=0.1
+        ),
+        "phase": _slider(
+            widgets.FloatSlider, "phase", min=0.0, max=round(math.pi, 2), value=1.0, step=0.05
+        ),
+        "support_range": _slider(
+            widgets.FloatRangeSlider,
+            range_description,
+            min=-5.0,
+            max=5.0,
+            value=(-5.0, 5.0),
+            step=0.5,
+        ),
+    }
+
+
 def _png(figure: Figure) -> bytes:
     figure.tight_layout()
     buffer = io.BytesIO()
@@ -111,20 +131,7 @@ class AdaptationPanel:
                 value=0.01,
                 readout_format=".3f",
             ),
-            "amplitude": _slider(
-                widgets.FloatSlider, "amplitude", min=0.1, max=5.0, value=3.0, step=0.1
-            ),
-            "phase": _slider(
-                widgets.FloatSlider, "phase", min=0.0, max=round(math.pi, 2), value=1.0, step=0.05
-            ),
-            "support_range": _slider(
-                widgets.FloatRangeSlider,
-                "support x range",
-                min=-5.0,
-                max=5.0,
-                value=(-5.0, 5.0),
-                step=0.5,
-            ),
+            **_task_sliders("support x range"),
         }
         self.summary = widgets.HTML()
         self.image = widgets.Image(format="png")
@@ -509,20 +516,7 @@ class ContextPanel:
             "k_shot": _slider(
                 widgets.IntSlider, "K (context points)", min=1, max=max_context, value=5
             ),
-            "amplitude": _slider(
-                widgets.FloatSlider, "amplitude", min=0.1, max=5.0, value=3.0, step=0.1
-            ),
-            "phase": _slider(
-                widgets.FloatSlider, "phase", min=0.0, max=round(math.pi, 2), value=1.0, step=0.05
-            ),
-            "support_range": _slider(
-                widgets.FloatRangeSlider,
-                "context x range",
-                min=-5.0,
-                max=5.0,
-                value=(-5.0, 5.0),
-                step=0.5,
-            ),
+            **_task_sliders("context x range"),
         }
         self.summary = widgets.HTML()
         self.image = widgets.Image(format="png")

@@ -1,0 +1,187 @@
+"""The sliders in a real browser: JupyterLab, headless Chromium, a chapter run top to bottom.
+
+Each test starts JupyterLab bound to 127.0.0.1 with a random token and temporary settings,
+workspace and runtime folders, opens a chapter in Debian's Chromium through the
+``playwright`` package (pointed at ``/usr/bin/chromium``; ``playwright install`` is never
+used), runs all cells in quick mode, moves sliders of the chapter's panel, and asserts that
+the panel's summary line and its plot changed. A screenshot goes to
+``build/browser/<chapter>.png``. The server is stopped by its process id.
+
+Skipped, with the reason, where Chromium or playwright is missing; ``.ci/run`` installs
+Chromium so that CI runs them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SCREENSHOTS = ROOT / "build" / "browser"
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+
+pytestmark = pytest.mark.browser
+
+
+def _requirements() -> str | None:
+    if not Path(CHROMIUM).is_file():
+        return "Chromium is not installed (Debian: apt-get install chromium)"
+    try:
+        import playwright.sync_api  # noqa: F401
+    except ImportError:
+        return "the playwright package is not installed (pip install -e '.[dev]')"
+    return None
+
+
+@pytest.fixture(scope="module")
+def lab(tmp_path_factory):
+    """A JupyterLab server in quick mode: ``(base URL, token)``; stopped afterwards."""
+    if why := _requirements():
+        pytest.skip(f"browser tests skipped: {why}")
+    home = tmp_path_factory.mktemp("lab")
+    settings = home / "settings" / "@jupyterlab" / "notebook-extension"
+    settings.mkdir(parents=True)
+    # Render every cell, not only those in view, so that the panels can be found.
+    (settings / "tracker.jupyterlab-settings").write_text(json.dumps({"windowingMode": "none"}))
+    docmanager = home / "settings" / "@jupyterlab" / "docmanager-extension"
+    docmanager.mkdir(parents=True)
+    (docmanager / "plugin.jupyterlab-settings").write_text(json.dumps({"autosave": False}))
+    # Serve copies: quick-mode outputs must never be saved over the committed chapters.
+    served = home / "root"
+    shutil.copytree(ROOT / "notebooks", served / "notebooks")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    token = secrets.token_hex(16)
+    env = {
+        **os.environ,
+        "METALIB_QUICK": "1",
+        "JUPYTERLAB_SETTINGS_DIR": str(home / "settings"),
+        "JUPYTERLAB_WORKSPACES_DIR": str(home / "workspaces"),
+        "JUPYTER_RUNTIME_DIR": str(home / "runtime"),
+    }
+    for name in ("METALIB_DATA", "METALIB_CACHE"):  # relative settings are from the repository
+        if name in env:
+            env[name] = str((ROOT / env[name]).resolve())
+    command = [
+        sys.executable,
+        "-m",
+        "jupyterlab",
+        "--no-browser",
+        "--ip=127.0.0.1",
+        f"--port={port}",
+        f"--IdentityProvider.token={token}",
+        f"--ServerApp.root_dir={served}",
+    ]
+    if hasattr(os, "getuid") and os.getuid() == 0:
+        command.append("--allow-root")
+    log = open(home / "server.log", "w")  # noqa: SIM115 (closed below)
+    server = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                urllib.request.urlopen(f"{base}/api/status?token={token}", timeout=2)
+                break
+            except OSError:
+                if server.poll() is not None or time.monotonic() > deadline:
+                    pytest.fail(f"JupyterLab did not start: {(home / 'server.log').read_text()}")
+                time.sleep(0.5)
+        yield base, token
+    finally:
+        os.kill(server.pid, signal.SIGTERM)
+        try:
+            server.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.kill(server.pid, signal.SIGKILL)
+        log.close()
+
+
+def _drive(lab, chapter: str, sliders: list[tuple[str, str]]) -> None:
+    """Open ``chapter``, run all cells, move each slider and check that its panel redraws.
+
+    ``sliders`` holds ``(description, move)``: ``"+3"`` presses the right arrow three times
+    on the slider's handle; any other text is typed into the slider's readout.
+    """
+    from playwright.sync_api import expect, sync_playwright
+
+    base, token = lab
+    root = hasattr(os, "getuid") and os.getuid() == 0
+    with sync_playwright() as p:
+        flags = ["--disable-dev-shm-usage", *(["--no-sandbox"] if root else [])]
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=flags)
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 1000})
+            page.goto(f"{base}/lab/tree/notebooks/{chapter}.ipynb?token={token}")
+            page.locator(".jp-Notebook").first.wait_for(timeout=120_000)
+            page.locator(".jp-Notebook-ExecutionIndicator[data-status='idle']").first.wait_for(
+                timeout=120_000
+            )
+            page.locator(".lm-MenuBar-itemLabel", has_text="Run").first.click()
+            page.locator(".lm-Menu-itemLabel", has_text="Run All Cells").first.click()
+            for description, move in sliders:
+                label = page.locator(".widget-slider .widget-label", has_text=description).first
+                label.wait_for(timeout=600_000)
+                slider = label.locator("xpath=ancestor::div[contains(@class, 'widget-slider')][1]")
+                panel = label.locator(
+                    "xpath=ancestor::div[contains(@class, 'jp-OutputArea-output')][1]"
+                )
+                summary = panel.locator(".widget-html-content").first
+                image = panel.locator("img").first
+                expect(summary).not_to_be_empty(timeout=300_000)
+                before = summary.inner_text(), image.get_attribute("src")
+                if move.startswith("+"):  # keyboard on the slider's handle, one step per press
+                    slider.locator(".noUi-handle").first.focus()
+                    for _ in range(int(move[1:])):
+                        page.keyboard.press("ArrowRight")
+                else:  # type a value into the slider's readout
+                    slider.locator(".widget-readout").first.click()
+                    page.keyboard.press("Control+A")
+                    page.keyboard.type(move)
+                    page.keyboard.press("Enter")
+                expect(summary).not_to_have_text(before[0], timeout=300_000)
+                page.wait_for_function(
+                    "([img, src]) => img.getAttribute('src') !== src",
+                    arg=[image.element_handle(), before[1]],
+                    timeout=300_000,
+                )
+                assert summary.inner_text() != before[0], f"{description}: summary unchanged"
+                assert image.get_attribute("src") != before[1], f"{description}: plot unchanged"
+            panel.scroll_into_view_if_needed()
+            SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+            page.screenshot(path=str(SCREENSHOTS / f"{chapter}.png"))
+        finally:
+            browser.close()
+
+
+@pytest.mark.timeout(1200)
+def test_chapter_02_sliders_redraw_the_adaptation(lab):
+    _drive(lab, "02_maml_sinusoid", [("K (support points)", "12"), ("inner steps", "+3")])
+    assert (SCREENSHOTS / "02_maml_sinusoid.png").stat().st_size > 10_000
+
+
+@pytest.mark.skipif(
+    not (Path(os.environ.get("METALIB_DATA", ROOT / "data")) / "images_background.zip").exists()
+    and not (ROOT / os.environ.get("METALIB_DATA", "data") / "images_background.zip").exists(),
+    reason="Omniglot archives not in METALIB_DATA",
+)
+@pytest.mark.parametrize(
+    ("chapter", "description", "value"),
+    [("05_maml_omniglot", "inner steps", "+2"), ("06_prototypical_networks", "n_way", "12")],
+)
+@pytest.mark.timeout(1200)
+def test_omniglot_chapter_slider_redraws_its_panel(lab, chapter, description, value):
+    _drive(lab, chapter, [(description, value)])
+    assert (SCREENSHOTS / f"{chapter}.png").stat().st_size > 10_000
