@@ -25,6 +25,7 @@ import time
 import urllib.request
 from pathlib import Path
 
+import nbformat
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -57,9 +58,17 @@ def lab(tmp_path_factory):
     docmanager = home / "settings" / "@jupyterlab" / "docmanager-extension"
     docmanager.mkdir(parents=True)
     (docmanager / "plugin.jupyterlab-settings").write_text(json.dumps({"autosave": False}))
-    # Serve copies: quick-mode outputs must never be saved over the committed chapters.
-    served = home / "root"
-    shutil.copytree(ROOT / "notebooks", served / "notebooks")
+    # Serve copies without outputs: quick-mode outputs must never be saved over the committed
+    # chapters, and a prompt's number then shows that this run executed the cell.
+    served = home / "root" / "notebooks"
+    served.mkdir(parents=True)
+    for path in (ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"):
+        notebook = nbformat.read(path, as_version=4)
+        for cell in notebook.cells:
+            if cell.cell_type == "code":
+                cell.outputs, cell.execution_count = [], None
+        notebook.metadata.pop("widgets", None)
+        nbformat.write(notebook, served / path.name)
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
@@ -82,7 +91,7 @@ def lab(tmp_path_factory):
         "--ip=127.0.0.1",
         f"--port={port}",
         f"--IdentityProvider.token={token}",
-        f"--ServerApp.root_dir={served}",
+        f"--ServerApp.root_dir={served.parent}",
     ]
     if hasattr(os, "getuid") and os.getuid() == 0:
         command.append("--allow-root")
@@ -109,12 +118,29 @@ def lab(tmp_path_factory):
         log.close()
 
 
+# True once every code cell has run (a number in its prompt) and the kernel is idle.
+ALL_RUN_AND_IDLE = """() => {
+    const prompts = [...document.querySelectorAll('.jp-CodeCell .jp-InputPrompt')];
+    const idle = document.querySelector(".jp-Notebook-ExecutionIndicator[data-status='idle']");
+    const numbered = prompts.every(p => /\\[\\d+\\]/.test(p.textContent));
+    return prompts.length > 0 && idle !== null && numbered;
+}"""
+
+
+# True once the first code cell has started or finished running.
+STARTED = """() => {
+    const first = document.querySelector('.jp-CodeCell .jp-InputPrompt');
+    return first !== null && /\\[(\\*|\\d+)\\]/.test(first.textContent);
+}"""
+
+
 def _drive(lab, chapter: str, sliders: list[tuple[str, str]]) -> None:
     """Open ``chapter``, run all cells, move each slider and check that its panel redraws.
 
-    ``sliders`` holds ``(description, move)``: ``"+3"`` presses the right arrow three times
-    on the slider's handle; any other text is typed into the slider's readout.
+    ``sliders`` holds ``(description, move)``: ``"drag 0.3"`` drags the slider's handle
+    right by 30% of its track with the mouse; any other text is typed into its readout.
     """
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
     from playwright.sync_api import expect, sync_playwright
 
     base, token = lab
@@ -122,15 +148,26 @@ def _drive(lab, chapter: str, sliders: list[tuple[str, str]]) -> None:
     with sync_playwright() as p:
         flags = ["--disable-dev-shm-usage", *(["--no-sandbox"] if root else [])]
         browser = p.chromium.launch(executable_path=CHROMIUM, args=flags)
+        page = browser.new_page(viewport={"width": 1400, "height": 1000})
         try:
-            page = browser.new_page(viewport={"width": 1400, "height": 1000})
-            page.goto(f"{base}/lab/tree/notebooks/{chapter}.ipynb?token={token}")
-            page.locator(".jp-Notebook").first.wait_for(timeout=120_000)
+            # A workspace of its own, reset: only this chapter is open.
+            page.goto(
+                f"{base}/lab/workspaces/{chapter}/tree/notebooks/{chapter}.ipynb?reset&token={token}"
+            )
+            page.locator(".jp-Notebook:visible").first.wait_for(timeout=120_000)
             page.locator(".jp-Notebook-ExecutionIndicator[data-status='idle']").first.wait_for(
                 timeout=120_000
             )
-            page.locator(".lm-MenuBar-itemLabel", has_text="Run").first.click()
-            page.locator(".lm-Menu-itemLabel", has_text="Run All Cells").first.click()
+            for _attempt in range(6):  # the command does nothing until the kernel is connected
+                page.locator(".lm-MenuBar-itemLabel", has_text="Run").first.click()
+                page.locator(".lm-Menu-itemLabel", has_text="Run All Cells").first.click()
+                try:
+                    page.wait_for_function(STARTED, timeout=20_000, polling=500)
+                    break
+                except PlaywrightTimeout:
+                    page.keyboard.press("Escape")
+            # Wait for the whole chapter: its own cells also move the sliders once.
+            page.wait_for_function(ALL_RUN_AND_IDLE, timeout=600_000, polling=1000)
             for description, move in sliders:
                 label = page.locator(".widget-slider .widget-label", has_text=description).first
                 label.wait_for(timeout=600_000)
@@ -142,10 +179,15 @@ def _drive(lab, chapter: str, sliders: list[tuple[str, str]]) -> None:
                 image = panel.locator("img").first
                 expect(summary).not_to_be_empty(timeout=300_000)
                 before = summary.inner_text(), image.get_attribute("src")
-                if move.startswith("+"):  # keyboard on the slider's handle, one step per press
-                    slider.locator(".noUi-handle").first.focus()
-                    for _ in range(int(move[1:])):
-                        page.keyboard.press("ArrowRight")
+                slider.scroll_into_view_if_needed()
+                if move.startswith("drag "):  # drag the handle by a fraction of the track
+                    track = slider.locator(".noUi-target").first.bounding_box()
+                    handle = slider.locator(".noUi-handle").first.bounding_box()
+                    x, y = handle["x"] + handle["width"] / 2, handle["y"] + handle["height"] / 2
+                    page.mouse.move(x, y)
+                    page.mouse.down()
+                    page.mouse.move(x + float(move[5:]) * track["width"], y, steps=8)
+                    page.mouse.up()
                 else:  # type a value into the slider's readout
                     slider.locator(".widget-readout").first.click()
                     page.keyboard.press("Control+A")
@@ -159,16 +201,21 @@ def _drive(lab, chapter: str, sliders: list[tuple[str, str]]) -> None:
                 )
                 assert summary.inner_text() != before[0], f"{description}: summary unchanged"
                 assert image.get_attribute("src") != before[1], f"{description}: plot unchanged"
+                page.wait_for_function(ALL_RUN_AND_IDLE, timeout=300_000, polling=500)
             panel.scroll_into_view_if_needed()
             SCREENSHOTS.mkdir(parents=True, exist_ok=True)
             page.screenshot(path=str(SCREENSHOTS / f"{chapter}.png"))
+        except Exception:
+            SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+            page.screenshot(path=str(SCREENSHOTS / f"{chapter}-failure.png"))
+            raise
         finally:
             browser.close()
 
 
 @pytest.mark.timeout(1200)
 def test_chapter_02_sliders_redraw_the_adaptation(lab):
-    _drive(lab, "02_maml_sinusoid", [("K (support points)", "12"), ("inner steps", "+3")])
+    _drive(lab, "02_maml_sinusoid", [("K (support points)", "12"), ("inner steps", "drag 0.3")])
     assert (SCREENSHOTS / "02_maml_sinusoid.png").stat().st_size > 10_000
 
 
@@ -179,7 +226,7 @@ def test_chapter_02_sliders_redraw_the_adaptation(lab):
 )
 @pytest.mark.parametrize(
     ("chapter", "description", "value"),
-    [("05_maml_omniglot", "inner steps", "+2"), ("06_prototypical_networks", "n_way", "12")],
+    [("05_maml_omniglot", "inner steps", "drag 0.2"), ("06_prototypical_networks", "n_way", "12")],
 )
 @pytest.mark.timeout(1200)
 def test_omniglot_chapter_slider_redraws_its_panel(lab, chapter, description, value):
