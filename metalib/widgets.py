@@ -549,9 +549,9 @@ class ContextPanel:
         )
         return TaskBatch(full.x_support[:, :k], full.y_support[:, :k], *full[2:])
 
-    def scores(self) -> dict[str, float]:
-        """Query MSE of the predictive mean and query NLL for the current sliders."""
-        task = self.task().to(next(self.model.parameters()).device)
+    def scores(self, task: TaskBatch | None = None) -> dict[str, float]:
+        """Query MSE of the predictive mean and query NLL of ``task`` (default: the sliders')."""
+        task = (self.task() if task is None else task).to(next(self.model.parameters()).device)
         with torch.no_grad():
             mean, std = self.model(task.x_support, task.y_support, task.x_query)
         nll = cnp.gaussian_nll(mean, std, task.y_query)
@@ -564,7 +564,7 @@ class ContextPanel:
         plot_cnp_prediction(self.model, task, ax=ax)
         ax.set(ylim=(-5.5, 5.5), title=f"K = {task.x_support.shape[1]} context points")
         self.image.value = _png(figure)
-        s = self.scores()
+        s = self.scores(task)
         self.summary.value = (
             f"K={task.x_support.shape[1]} → query MSE <b>{s['mse']:.3f}</b>, "
             f"negative log-likelihood <b>{s['nll']:.3f}</b> (no gradient step)"
