@@ -158,14 +158,20 @@ def _drive(lab, chapter: str, sliders: list[tuple[str, str]]) -> None:
             page.locator(".jp-Notebook-ExecutionIndicator[data-status='idle']").first.wait_for(
                 timeout=120_000
             )
-            for _attempt in range(6):  # the command does nothing until the kernel is connected
-                page.locator(".lm-MenuBar-itemLabel", has_text="Run").first.click()
-                page.locator(".lm-Menu-itemLabel", has_text="Run All Cells").first.click()
+            for _attempt in range(10):  # the command does nothing until the kernel is connected
+                kernel_dialog = page.locator(".jp-Dialog .jp-mod-accept")  # "Select Kernel"
                 try:
-                    page.wait_for_function(STARTED, timeout=20_000, polling=500)
+                    if kernel_dialog.count():
+                        kernel_dialog.first.click(timeout=5_000)  # the preselected Python 3
+                    page.locator(".lm-MenuBar-itemLabel", has_text="Run").first.click(timeout=5_000)
+                    page.locator(".lm-Menu-itemLabel", has_text="Run All Cells").first.click(
+                        timeout=5_000
+                    )
+                    page.wait_for_function(STARTED, timeout=15_000, polling=500)
                     break
-                except PlaywrightTimeout:
-                    page.keyboard.press("Escape")
+                except PlaywrightTimeout:  # a dialog came up in between, or the kernel is late
+                    if not kernel_dialog.count():
+                        page.keyboard.press("Escape")  # close an open menu
             # Wait for the whole chapter: its own cells also move the sliders once.
             page.wait_for_function(ALL_RUN_AND_IDLE, timeout=600_000, polling=1000)
             for description, move in sliders:
