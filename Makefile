@@ -32,9 +32,10 @@ install: $(STAMP)
 lab: install
 	$(BIN)/jupyter lab $(LAB_ARGS) notebooks/
 
-# Unit tests, then every notebook under nbval in quick mode, then the linter.
+# Unit tests (the browser tests among them, skipped with the reason where Chromium is missing),
+# then every notebook under nbval in quick mode, then the linter.
 test: install
-	METALIB_QUICK=1 $(BIN)/python -m pytest tests/ -m "not browser" \
+	METALIB_QUICK=1 $(BIN)/python -m pytest tests/ \
 	    --nbval-lax --nbval-current-env --nbval-cell-timeout=$(CELL_TIMEOUT) $(NOTEBOOKS)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
@@ -54,7 +55,7 @@ execute: install
 	        --ExecutePreprocessor.timeout=3600 "$$nb" || exit 1; \
 	done
 
-# The browser tests (tests/test_browser.py), kept out of `make test` until they are reliable on a fresh server.
+# The browser tests alone (tests/test_browser.py; `make test` runs them too).
 browser: install
 	METALIB_QUICK=1 $(BIN)/python -m pytest -m browser tests/test_browser.py
 

@@ -92,6 +92,7 @@ def lab(tmp_path_factory):
         f"--port={port}",
         f"--IdentityProvider.token={token}",
         f"--ServerApp.root_dir={served.parent}",
+        "--expose-app-in-browser",
     ]
     if hasattr(os, "getuid") and os.getuid() == 0:
         command.append("--allow-root")
@@ -118,20 +119,61 @@ def lab(tmp_path_factory):
         log.close()
 
 
-# True once every code cell has run (a number in its prompt) and the kernel is idle.
+# "error: <text>" once a cell has failed, true once every code cell has run (a number in
+# its prompt) and the kernel is idle, false otherwise.
 ALL_RUN_AND_IDLE = """() => {
+    const cells = window.jupyterapp.shell.currentWidget.content.model.cells;
+    for (let i = 0; i < cells.length; i++) {
+        const outputs = cells.get(i).type === 'code' ? cells.get(i).outputs.toJSON() : [];
+        const error = outputs.find(o => o.output_type === 'error');
+        if (error) return `error in cell ${i}: ${error.ename}: ${error.evalue}`;
+    }
     const prompts = [...document.querySelectorAll('.jp-CodeCell .jp-InputPrompt')];
     const idle = document.querySelector(".jp-Notebook-ExecutionIndicator[data-status='idle']");
     const numbered = prompts.every(p => /\\[\\d+\\]/.test(p.textContent));
     return prompts.length > 0 && idle !== null && numbered;
 }"""
 
-
 # True once the first code cell has started or finished running.
 STARTED = """() => {
     const first = document.querySelector('.jp-CodeCell .jp-InputPrompt');
     return first !== null && /\\[(\\*|\\d+)\\]/.test(first.textContent);
 }"""
+
+# True once the open notebook's kernel is connected and idle (JupyterLab started with
+# --expose-app-in-browser, as galata, JupyterLab's own browser tests, does).
+KERNEL_READY = """() => {
+    const panel = window.jupyterapp && window.jupyterapp.shell.currentWidget;
+    const kernel = panel && panel.sessionContext && panel.sessionContext.session
+        && panel.sessionContext.session.kernel;
+    return Boolean(kernel) && kernel.connectionStatus === 'connected' && kernel.status === 'idle';
+}"""
+
+
+def _start_kernel(base: str, token: str, path: str) -> None:
+    """Start the notebook's session through the REST API, as opening it would.
+
+    The page then joins a running kernel: a fresh server otherwise may ask for a kernel
+    in a dialog while its kernel list is still loading.
+    """
+    body = json.dumps(
+        {"path": path, "type": "notebook", "name": path, "kernel": {"name": "python3"}}
+    )
+    request = urllib.request.Request(
+        f"{base}/api/sessions",
+        data=body.encode(),
+        method="POST",
+        headers={"Authorization": f"token {token}", "Content-Type": "application/json"},
+    )
+    with urllib.request.urlopen(request, timeout=120) as response:
+        assert response.status in (200, 201), response.status
+
+
+def _wait_for_chapter(page, timeout_ms: int) -> None:
+    """Wait until every cell has run and the kernel is idle; fail at once on a cell's error."""
+    result = page.wait_for_function(ALL_RUN_AND_IDLE, timeout=timeout_ms, polling=1000)
+    outcome = result.json_value()
+    assert outcome is True, f"a cell failed in the browser: {outcome}"
 
 
 def _drive(lab, chapter: str, sliders: list[tuple[str, str]]) -> None:
@@ -140,7 +182,6 @@ def _drive(lab, chapter: str, sliders: list[tuple[str, str]]) -> None:
     ``sliders`` holds ``(description, move)``: ``"drag 0.3"`` drags the slider's handle
     right by 30% of its track with the mouse; any other text is typed into its readout.
     """
-    from playwright.sync_api import TimeoutError as PlaywrightTimeout
     from playwright.sync_api import expect, sync_playwright
 
     base, token = lab
@@ -151,6 +192,7 @@ def _drive(lab, chapter: str, sliders: list[tuple[str, str]]) -> None:
         page = browser.new_page(viewport={"width": 1400, "height": 1000})
         try:
             # A workspace of its own, reset: only this chapter is open.
+            _start_kernel(base, token, f"notebooks/{chapter}.ipynb")
             page.goto(
                 f"{base}/lab/workspaces/{chapter}/tree/notebooks/{chapter}.ipynb?reset&token={token}"
             )
@@ -158,22 +200,14 @@ def _drive(lab, chapter: str, sliders: list[tuple[str, str]]) -> None:
             page.locator(".jp-Notebook-ExecutionIndicator[data-status='idle']").first.wait_for(
                 timeout=120_000
             )
-            for _attempt in range(10):  # the command does nothing until the kernel is connected
-                kernel_dialog = page.locator(".jp-Dialog .jp-mod-accept")  # "Select Kernel"
-                try:
-                    if kernel_dialog.count():
-                        kernel_dialog.first.click(timeout=5_000)  # the preselected Python 3
-                    page.locator(".lm-MenuBar-itemLabel", has_text="Run").first.click(timeout=5_000)
-                    page.locator(".lm-Menu-itemLabel", has_text="Run All Cells").first.click(
-                        timeout=5_000
-                    )
-                    page.wait_for_function(STARTED, timeout=15_000, polling=500)
-                    break
-                except PlaywrightTimeout:  # a dialog came up in between, or the kernel is late
-                    if not kernel_dialog.count():
-                        page.keyboard.press("Escape")  # close an open menu
+            page.wait_for_function(KERNEL_READY, timeout=120_000, polling=500)
+            dialog = page.locator(".jp-Dialog .jp-mod-accept")
+            if dialog.count():  # a kernel chooser despite the running session: keep Python 3
+                dialog.first.click()
+            page.evaluate("() => window.jupyterapp.commands.execute('notebook:run-all-cells')")
+            page.wait_for_function(STARTED, timeout=60_000, polling=500)
             # Wait for the whole chapter: its own cells also move the sliders once.
-            page.wait_for_function(ALL_RUN_AND_IDLE, timeout=600_000, polling=1000)
+            _wait_for_chapter(page, 600_000)
             for description, move in sliders:
                 label = page.locator(".widget-slider .widget-label", has_text=description).first
                 label.wait_for(timeout=600_000)
@@ -207,7 +241,7 @@ def _drive(lab, chapter: str, sliders: list[tuple[str, str]]) -> None:
                 )
                 assert summary.inner_text() != before[0], f"{description}: summary unchanged"
                 assert image.get_attribute("src") != before[1], f"{description}: plot unchanged"
-                page.wait_for_function(ALL_RUN_AND_IDLE, timeout=300_000, polling=500)
+                _wait_for_chapter(page, 300_000)
             panel.scroll_into_view_if_needed()
             SCREENSHOTS.mkdir(parents=True, exist_ok=True)
             page.screenshot(path=str(SCREENSHOTS / f"{chapter}.png"))
