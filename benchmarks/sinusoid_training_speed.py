@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+from pathlib import Path
 
 import torch
 
@@ -33,6 +34,27 @@ from metalib.recipes import (
     train_sinusoid,
 )
 from metalib.tasks import SinusoidTasks
+
+
+def cpu_times() -> tuple[int, int] | None:
+    """(steal, total) CPU time in clock ticks since boot, from Linux's /proc/stat; else None.
+
+    Steal is time the hypervisor gave this machine's CPUs to other guests: on a shared
+    2-core VM it is what makes one run of the same training 30% slower than another.
+    """
+    try:
+        first = Path("/proc/stat").read_text().split("\n", 1)[0].split()
+    except OSError:
+        return None
+    ticks = [int(v) for v in first[1:9]]  # user nice system idle iowait irq softirq steal
+    return (ticks[7] if len(ticks) == 8 else 0), sum(ticks)
+
+
+def steal_share(before: tuple[int, int] | None, after: tuple[int, int] | None) -> float | None:
+    """The fraction of CPU time stolen between two :func:`cpu_times` readings."""
+    if before is None or after is None or after[1] <= before[1]:
+        return None
+    return (after[0] - before[0]) / (after[1] - before[1])
 
 
 def check_equal_work(config: SinusoidConfig, device: torch.device) -> None:
@@ -92,13 +114,16 @@ def main() -> None:
     print(f"ratio vmap / loop: {vmap_rate / loop_rate:.1f}×")
 
     if not args.skip_full:
+        before = cpu_times()
         trained = train_sinusoid(config, device=device, progress=False)
+        steal = steal_share(before, cpu_times())
         curve = evaluate_sinusoid(trained.model, k_shot=5, n_tasks=1000)
         seconds = trained.history.seconds
         result.update(
             {
                 "full_training_s": round(seconds, 1),
                 "meta_steps": config.meta_steps,
+                "cpu_steal_share": None if steal is None else round(steal, 3),
                 **{f"mse_after_{s}": round(curve.mean[s], 3) for s in (1, 5, 10)},
             }
         )
@@ -106,6 +131,8 @@ def main() -> None:
             f"\nfull training: {config.meta_steps} outer steps in {seconds:.1f} s "
             f"(target ≤ 60 s on 2 CPU cores: {'met' if seconds <= 60 else 'NOT met'})"
         )
+        if steal is not None:
+            print(f"  CPU time stolen by other guests of the host meanwhile: {100 * steal:.0f}%")
         for step, target in ((1, None), (5, 0.38), (10, 0.35)):
             mean, ci = curve.at(step)
             verdict = (
