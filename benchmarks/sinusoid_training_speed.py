@@ -11,6 +11,8 @@ Run from the repository root (``make benchmark``)::
 2. Full training of the shipped recipe (``SinusoidConfig()``), its wall time, and its
    K = 5 test MSE after 1, 5 and 10 steps over 1,000 held-out tasks, against the targets
    of the course (≤ 60 s on 2 CPU cores; MSE ≤ 0.38 after 5 steps and ≤ 0.35 after 10).
+   It also prints the share of CPU time stolen by other guests of the host meanwhile
+   (Linux's /proc/stat), which is what moves the wall time on a shared 2-core VM.
 
 It prints a table and one JSON line with every number.
 """
