@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-from pathlib import Path
 
 import torch
 
@@ -36,27 +35,6 @@ from metalib.recipes import (
     train_sinusoid,
 )
 from metalib.tasks import SinusoidTasks
-
-
-def cpu_times() -> tuple[int, int] | None:
-    """(steal, total) CPU time in clock ticks since boot, from Linux's /proc/stat; else None.
-
-    Steal is time the hypervisor gave this machine's CPUs to other guests: on a shared
-    2-core VM it is what makes one run of the same training 30% slower than another.
-    """
-    try:
-        first = Path("/proc/stat").read_text().split("\n", 1)[0].split()
-    except OSError:
-        return None
-    ticks = [int(v) for v in first[1:9]]  # user nice system idle iowait irq softirq steal
-    return (ticks[7] if len(ticks) == 8 else 0), sum(ticks)
-
-
-def steal_share(before: tuple[int, int] | None, after: tuple[int, int] | None) -> float | None:
-    """The fraction of CPU time stolen between two :func:`cpu_times` readings."""
-    if before is None or after is None or after[1] <= before[1]:
-        return None
-    return (after[0] - before[0]) / (after[1] - before[1])
 
 
 def check_equal_work(config: SinusoidConfig, device: torch.device) -> None:
@@ -116,9 +94,9 @@ def main() -> None:
     print(f"ratio vmap / loop: {vmap_rate / loop_rate:.1f}×")
 
     if not args.skip_full:
-        before = cpu_times()
+        before = runtime.cpu_times()
         trained = train_sinusoid(config, device=device, progress=False)
-        steal = steal_share(before, cpu_times())
+        steal = runtime.steal_share(before, runtime.cpu_times())
         curve = evaluate_sinusoid(trained.model, k_shot=5, n_tasks=1000)
         seconds = trained.history.seconds
         result.update(

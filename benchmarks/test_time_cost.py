@@ -13,7 +13,8 @@ Run from the repository root with the archives in the data directory::
   adapts for 10 steps, a CNP reads the context once.
 
 Every method runs in this process, one task at a time, after two warm-up tasks; it prints
-the device, a table with the ratio of each time to the cheapest peer, and one JSON line.
+the device, a table with the ratio of each time to the cheapest peer, the share of CPU time
+stolen by other guests of the host meanwhile (Linux only), and one JSON line.
 ``--save`` writes the record into ``data/results/test_time_cost.json`` under the device
 kind (``cpu`` or ``cuda``), which ``notebooks/08_comparison.ipynb`` reads.
 """
@@ -113,6 +114,7 @@ def main() -> None:
     sampler = metric.evaluation_sampler(omniglot.load(download=False), device=device)
     generator = torch.Generator(device=device).manual_seed(metric.TEST_SEED)
     episodes = [sampler.sample(1, generator=generator) for _ in range(args.tasks)]
+    before = runtime.cpu_times()
     record: dict = {
         "device": runtime.describe_device(device),
         "threads": torch.get_num_threads(),
@@ -137,12 +139,16 @@ def main() -> None:
         predict = sinusoid_predictor(entry.checkpoint, device)
         ms = milliseconds(lambda i, predict=predict: predict(tasks[i]), device, args.tasks)
         record["sinusoid"][entry.checkpoint] = {"method": entry.method, "ms_per_task": ms}
+    steal = runtime.steal_share(before, runtime.cpu_times())
+    record["cpu_steal_share"] = None if steal is None else round(steal, 4)
     for kind, rows in (("Omniglot 5-way 1-shot", "omniglot"), ("sinusoid K = 5", "sinusoid")):
         cheapest = min(r["ms_per_task"] for r in record[rows].values())
         print(f"\n{kind}: ms per task, and ratio to the cheapest")
         for name, r in sorted(record[rows].items(), key=lambda kv: kv[1]["ms_per_task"]):
             r["ratio_to_cheapest"] = r["ms_per_task"] / cheapest
             print(f"  {name:32s} {r['ms_per_task']:9.2f} ms  {r['ratio_to_cheapest']:7.1f}x")
+    if steal is not None:
+        print(f"\nCPU time stolen by other guests of the host meanwhile: {100 * steal:.1f}%")
     print(json.dumps(record))
     if args.save:
         path = compare.results_path()

@@ -102,3 +102,24 @@ def describe_device(dev: torch.device) -> str:
     if dev.type == "cpu":
         return f"cpu ({torch.get_num_threads()} threads)"
     return dev.type
+
+
+def cpu_times(stat: str | os.PathLike[str] = "/proc/stat") -> tuple[int, int] | None:
+    """(steal, total) CPU time in clock ticks since boot, from Linux's /proc/stat; else None.
+
+    Steal is time the hypervisor gave this machine's CPUs to other guests: on a shared
+    2-core VM it is what makes one run of the same training 30% slower than another.
+    """
+    try:
+        first = Path(stat).read_text().split("\n", 1)[0].split()
+    except OSError:
+        return None
+    ticks = [int(v) for v in first[1:9]]  # user nice system idle iowait irq softirq steal
+    return (ticks[7] if len(ticks) == 8 else 0), sum(ticks)
+
+
+def steal_share(before: tuple[int, int] | None, after: tuple[int, int] | None) -> float | None:
+    """The fraction of CPU time stolen between two :func:`cpu_times` readings."""
+    if before is None or after is None or after[1] <= before[1]:
+        return None
+    return (after[0] - before[0]) / (after[1] - before[1])

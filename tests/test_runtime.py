@@ -65,3 +65,14 @@ def test_seed_everything_is_reproducible():
     torch.testing.assert_close(a, b)
     with pytest.raises(ValueError, match="seed=-1"):
         runtime.seed_everything(-1)
+
+
+def test_steal_share_reads_proc_stat_format(tmp_path):
+    stat = tmp_path / "stat"
+    stat.write_text("cpu  100 0 50 800 10 0 5 35 0 0\ncpu0 50 0 25 400 5 0 2 18 0 0\n")
+    before = runtime.cpu_times(stat)
+    assert before == (35, 1000)  # steal is the 8th field; the total sums the first eight
+    stat.write_text("cpu  200 0 100 1500 10 0 5 185 0 0\n")
+    assert runtime.steal_share(before, runtime.cpu_times(stat)) == pytest.approx(150 / 1000)
+    assert runtime.cpu_times(tmp_path / "missing") is None
+    assert runtime.steal_share(None, before) is None and runtime.steal_share(before, before) is None

@@ -1,4 +1,5 @@
 import os
+import re
 from pathlib import Path
 
 import nbformat
@@ -52,6 +53,54 @@ def test_every_chapter_has_a_solution_cell_after_its_exercises(path):
             assert after.source == student.PLACEHOLDER and after.outputs == []
         else:
             assert after == before
+
+
+SOLUTION_HEADER = re.compile(r"\*\*A solution to exercise (\d+)\.\*\*")
+SAYS_SOLVED = re.compile(r"Exercises? (.+?) ha(?:s a solution|ve solutions) below\.")
+
+
+def _numbers(text: str) -> set[int]:
+    """The exercise numbers of "1", "2 and 3", "1, 2, 3 and 5" or "1 to 4"."""
+    numbers = set()
+    for part in re.split(r", | and ", text):
+        low, _, high = part.partition(" to ")
+        numbers |= set(range(int(low), int(high or low) + 1))
+    return numbers
+
+
+def test_numbers_reads_lists_and_ranges():
+    assert _numbers("3") == {3}
+    assert _numbers("1, 2, 3 and 5") == {1, 2, 3, 5}
+    assert _numbers("1 to 4") == {1, 2, 3, 4}
+
+
+def _teaching_table() -> dict[str, set[int]]:
+    """Chapter number → the exercises docs/teaching.md says have a solution."""
+    rows = re.findall(r"^\| (\d\d) \| ([\d, ]+) \| .+ \|$", _TEACHING, flags=re.M)
+    return {chapter: _numbers(solved) for chapter, solved in rows}
+
+
+_TEACHING = (ROOT / "docs" / "teaching.md").read_text()
+
+
+@pytest.mark.parametrize("path", CHAPTERS, ids=lambda p: p.stem)
+def test_what_the_exercises_say_has_a_solution_has_one(path):
+    """The exercises cell, the solution headers, the tagged cells and teaching.md agree."""
+    nb = nbformat.read(path, as_version=4)
+    exercises = next(
+        c for c in nb.cells if c.cell_type == "markdown" and "## Exercises" in c.source
+    )
+    said = SAYS_SOLVED.search(exercises.source)
+    assert said, f"{path.name}: the exercises cell does not say which exercises have solutions"
+    headed = []
+    for i, cell in enumerate(nb.cells):
+        if cell.cell_type == "markdown" and (found := SOLUTION_HEADER.fullmatch(cell.source)):
+            assert student.is_solution(nb.cells[i + 1]), f"{path.name}: {cell.source} has no code"
+            headed.append(int(found.group(1)))
+    assert headed == sorted(headed), f"{path.name}: solutions out of order {headed}"
+    assert set(headed) == _numbers(said.group(1)), f"{path.name}: {said.group(0)!r} vs {headed}"
+    assert len(headed) == sum(student.is_solution(c) for c in nb.cells)
+    assert _teaching_table()[path.name[:2]] == set(headed), "docs/teaching.md's table is stale"
 
 
 def test_writing_is_deterministic_and_refuses_to_overwrite_the_chapters(tmp_path):
