@@ -22,7 +22,7 @@ from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
 
 from metalib import checkpoints, checks, files, runtime
 from metalib.algorithms import maml
@@ -139,13 +139,16 @@ def train_omniglot(
     resume_path: str | os.PathLike[str] | None = None,
     save_every: int = 200,
     params: dict[str, Tensor] | None = None,
+    model: nn.Module | None = None,
 ) -> TrainedClassifier:
     """Meta-train a ConvNet with ``config`` on the training classes.
 
     Args:
+        model: the network whose parameters are trained (for example a ConvNet with
+            other layers swapped in); default: ``config.model()`` seeded with ``config.seed``.
         params: leaf tensors to start from and update in place (for example to
-            evaluate them from a callback while training runs); default: a fresh
-            initialisation seeded with ``config.seed``.
+            evaluate them from a callback while training runs); default: a copy of the
+            model's parameters.
         resume_path: a file for the training state (parameters, Adam's state, the
             episode generator's state, the losses so far), written atomically every
             ``save_every`` steps, at the end and on Ctrl-C. If it exists when training
@@ -153,18 +156,19 @@ def train_omniglot(
             uninterrupted run with the same seed (exactly on a CPU).
 
     Raises:
-        ValueError: if ``resume_path`` holds the state of a different configuration.
+        ValueError: if ``resume_path`` holds the state of a different configuration, or
+            ``params`` do not have the model's parameter names.
     """
     dev = runtime.device(None if device is None else str(device))
     data = omniglot.load() if data is None else data
     sampler = sampler_for(data, config, split="train", device=dev)
     torch.manual_seed(config.seed)
-    model = config.model().to(dev)
+    model = (config.model() if model is None else model).to(dev)
     if params is None:
         params = clone_parameters(parameters_of(model))
     elif set(params) != set(parameters_of(model)):
         raise ValueError(
-            f"params must have a ConvNet's parameter names: {sorted(parameters_of(model))}."
+            f"params must have the model's parameter names: {sorted(parameters_of(model))}."
         )
     generator = torch.Generator(device=dev).manual_seed(config.seed)
     boundary: list = [0, generator.get_state()]  # generator state before sampling step boundary[0]

@@ -69,6 +69,23 @@ def test_training_beats_chance(tiny):
     assert curve.mean[3] > 0.3 and curve.mean[3] > curve.mean[0], curve.mean
 
 
+def test_a_given_model_is_the_one_trained(tiny):
+    """Same initial weights and episodes: a given network trains exactly as the default."""
+    config = tiny_config(meta_steps=3)
+    default = classification.train_omniglot(config, data=tiny, device="cpu", progress=False)
+    torch.manual_seed(config.seed)
+    net = config.model()
+    given = classification.train_omniglot(
+        config, data=tiny, device="cpu", progress=False, model=net
+    )
+    assert given.model is net
+    assert given.history.losses == default.history.losses
+    with pytest.raises(ValueError, match="the model's parameter names"):
+        classification.train_omniglot(
+            config, data=tiny, device="cpu", progress=False, model=net, params={"w": torch.ones(1)}
+        )
+
+
 def ctrl_c_at_step_2(config, data, state):
     """Train with ``state`` as the resume file and press Ctrl-C after step 2."""
 

@@ -37,14 +37,19 @@ def test_student_version_replaces_every_tagged_code_cell_and_no_other():
     assert nb.cells[3].source.startswith("answer = 42")  # the input is left alone
 
 
-@pytest.mark.parametrize("path", CHAPTERS, ids=lambda p: p.stem)
-def test_every_chapter_has_a_solution_cell_after_its_exercises(path):
-    nb = nbformat.read(path, as_version=4)
-    exercises = next(
+def _exercises_index(nb) -> int:
+    """Where a chapter's "## Exercises" cell is."""
+    return next(
         i
         for i, c in enumerate(nb.cells)
         if c.cell_type == "markdown" and "## Exercises" in c.source
     )
+
+
+@pytest.mark.parametrize("path", CHAPTERS, ids=lambda p: p.stem)
+def test_every_chapter_has_a_solution_cell_after_its_exercises(path):
+    nb = nbformat.read(path, as_version=4)
+    exercises = _exercises_index(nb)
     solutions = [i for i, c in enumerate(nb.cells) if student.is_solution(c)]
     assert solutions and min(solutions) > exercises, f"{path.name} has no solution cell"
     result = student.student_version(nb)
@@ -76,21 +81,16 @@ def test_numbers_reads_lists_and_ranges():
 
 def _teaching_table() -> dict[str, set[int]]:
     """Chapter number → the exercises docs/teaching.md says have a solution."""
-    rows = re.findall(r"^\| (\d\d) \| ([\d, ]+) \| .+ \|$", _TEACHING, flags=re.M)
+    teaching = (ROOT / "docs" / "teaching.md").read_text()
+    rows = re.findall(r"^\| (\d\d) \| ([\d, ]+) \| .+ \|$", teaching, flags=re.M)
     return {chapter: _numbers(solved) for chapter, solved in rows}
-
-
-_TEACHING = (ROOT / "docs" / "teaching.md").read_text()
 
 
 @pytest.mark.parametrize("path", CHAPTERS, ids=lambda p: p.stem)
 def test_what_the_exercises_say_has_a_solution_has_one(path):
     """The exercises cell, the solution headers, the tagged cells and teaching.md agree."""
     nb = nbformat.read(path, as_version=4)
-    exercises = next(
-        c for c in nb.cells if c.cell_type == "markdown" and "## Exercises" in c.source
-    )
-    said = SAYS_SOLVED.search(exercises.source)
+    said = SAYS_SOLVED.search(nb.cells[_exercises_index(nb)].source)
     assert said, f"{path.name}: the exercises cell does not say which exercises have solutions"
     headed = []
     for i, cell in enumerate(nb.cells):
