@@ -26,11 +26,12 @@ import time
 import torch
 import torch.nn.functional as F
 
-from metalib import classification, runtime
+from metalib import evaluation, runtime
 from metalib.algorithms import maml
-from metalib.classification import OmniglotConfig
 from metalib.data import omniglot
 from metalib.models import ConvNet, clone_parameters, parameters_of
+from metalib.recipes import maml_omniglot
+from metalib.recipes.maml_omniglot import OmniglotConfig
 
 
 def tasks_per_second(meta_loss_fn, sampler, config, device, *, seconds, first_order):
@@ -38,7 +39,7 @@ def tasks_per_second(meta_loss_fn, sampler, config, device, *, seconds, first_or
     model = ConvNet(config.n_way).to(device)
     params = clone_parameters(parameters_of(model))
     optimizer = torch.optim.Adam(params.values(), lr=config.outer_lr)
-    generator = torch.Generator(device=device).manual_seed(0)
+    generator = torch.Generator().manual_seed(0)  # indices on the CPU, as in training
 
     def step():
         batch = sampler.sample(config.meta_batch_size, generator=generator)
@@ -70,8 +71,8 @@ def tasks_per_second(meta_loss_fn, sampler, config, device, *, seconds, first_or
 
 def time_to_target(data, config, device, *, target, eval_every, max_steps):
     """Train second-order MAML, evaluating every ``eval_every`` steps, until ``target``."""
-    sampler = classification.sampler_for(
-        data, config, split="test", k_query=classification.TEST_K_QUERY, device=device
+    sampler = maml_omniglot.sampler_for(
+        data, config, split="test", k_query=evaluation.TEST_K_QUERY, device=device
     )
     torch.manual_seed(config.seed)
     model = ConvNet(config.n_way).to(device)
@@ -83,7 +84,7 @@ def time_to_target(data, config, device, *, target, eval_every, max_steps):
         if (step + 1) % eval_every:
             return False
         before = time.perf_counter()
-        curve = classification.evaluate_omniglot(
+        curve = maml_omniglot.accuracy_by_step(
             model, params, sampler, max_steps=config.test_inner_steps
         )
         evaluating[0] += time.perf_counter() - before
@@ -103,7 +104,7 @@ def time_to_target(data, config, device, *, target, eval_every, max_steps):
             return True
         return False
 
-    classification.train_omniglot(
+    maml_omniglot.train(
         OmniglotConfig.paper(5, 1, meta_steps=max_steps),
         data=data,
         device=device,
@@ -127,7 +128,7 @@ def main() -> None:
     print(f"device: {runtime.describe_device(device)} · torch {torch.__version__}")
     data = omniglot.load(download=False)
     config = OmniglotConfig.paper(5, 1)
-    sampler = classification.sampler_for(data, config, split="train", device=device)
+    sampler = maml_omniglot.sampler_for(data, config, split="train", device=device)
     results: dict = {"device": runtime.describe_device(device), "threads": args.threads}
     print(f"\n{'order':<14}{'vmap tasks/s':>14}{'loop tasks/s':>14}{'ratio':>8}")
     for first_order in (False, True):

@@ -28,12 +28,8 @@ import torch
 from metalib import runtime
 from metalib.algorithms import maml
 from metalib.models import SinusoidMLP, clone_parameters, parameters_of
-from metalib.recipes import (
-    SinusoidConfig,
-    evaluate_sinusoid,
-    outer_steps_per_second,
-    train_sinusoid,
-)
+from metalib.recipes import sinusoid
+from metalib.recipes.sinusoid import SinusoidConfig
 from metalib.tasks import SinusoidTasks
 
 
@@ -77,8 +73,10 @@ def main() -> None:
     )
 
     check_equal_work(config, device)
-    vmap_rate = outer_steps_per_second(maml.meta_loss, config, seconds=args.seconds, device=device)
-    loop_rate = outer_steps_per_second(
+    vmap_rate = sinusoid.outer_steps_per_second(
+        maml.meta_loss, config, seconds=args.seconds, device=device
+    )
+    loop_rate = sinusoid.outer_steps_per_second(
         maml.meta_loss_loop, config, seconds=args.seconds, device=device
     )
     result = {
@@ -95,9 +93,9 @@ def main() -> None:
 
     if not args.skip_full:
         before = runtime.cpu_times()
-        trained = train_sinusoid(config, device=device, progress=False)
+        trained = sinusoid.train(config, device=device, progress=False)
         steal = runtime.steal_share(before, runtime.cpu_times())
-        curve = evaluate_sinusoid(trained.model, k_shot=5, n_tasks=1000)
+        curve = sinusoid.mse_by_step(trained.model, k_shot=5, n_tasks=1000)
         seconds = trained.history.seconds
         result.update(
             {

@@ -31,10 +31,11 @@ from collections.abc import Callable
 import torch
 from torch.func import functional_call
 
-from metalib import baseline, checkpoints, compare, files, metric, pretrained, runtime
+from metalib import checkpoints, compare, evaluation, files, pretrained, recipes, runtime
 from metalib.algorithms import maml, transfer
 from metalib.data import omniglot
-from metalib.recipes import Learner, held_out_tasks
+from metalib.evaluation import held_out_tasks
+from metalib.recipes.sinusoid import Learner
 
 
 def milliseconds(run: Callable[[int], object], device: torch.device, tasks: int) -> float:
@@ -53,8 +54,9 @@ def milliseconds(run: Callable[[int], object], device: torch.device, tasks: int)
 def omniglot_scorer(name: str, device: torch.device) -> Callable | None:
     """``scores(x_support, y_support, x_query)`` for one episode, as the method tests."""
     recipe = checkpoints.read_sidecar(pretrained.path_of(name))["recipe"]
-    if recipe == baseline.TransferConfig.recipe:
-        config, model = baseline.load_transfer(pretrained.path_of(name), device=device)
+    if recipe == "transfer-omniglot":
+        run = recipes.load(name, device=device)
+        config, model = run.config, run.model
 
         def fit_and_score(x_support, y_support, x_query):
             logits = transfer.fine_tune_head(
@@ -111,8 +113,8 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     device = runtime.device(args.device)
     print(f"device: {runtime.describe_device(device)} · torch {torch.__version__}")
-    sampler = metric.evaluation_sampler(omniglot.load(download=False), device=device)
-    generator = torch.Generator(device=device).manual_seed(metric.TEST_SEED)
+    sampler = evaluation.evaluation_sampler(omniglot.load(download=False), device=device)
+    generator = evaluation.test_generator()
     episodes = [sampler.sample(1, generator=generator) for _ in range(args.tasks)]
     before = runtime.cpu_times()
     record: dict = {

@@ -32,6 +32,26 @@ def paths(path: str | os.PathLike[str]) -> tuple[Path, Path]:
     return stem.with_name(stem.name + ".pt"), stem.with_name(stem.name + ".json")
 
 
+def shipped() -> list[str]:
+    """Names of the checkpoints in ``data/checkpoints`` (each has a ``.pt`` and a ``.json``)."""
+    folder = runtime.checkpoint_dir()
+    return sorted(p.stem for p in folder.glob("*.pt") if p.with_suffix(".json").is_file())
+
+
+def path_of(name_or_path: str | os.PathLike[str]) -> Path:
+    """The ``.pt`` path of a shipped name (``"sinusoid_maml"``), or of a path as it is."""
+    text = os.fspath(name_or_path)
+    if os.sep in text or text.endswith(".pt") or Path(text).exists():
+        return paths(text)[0]
+    path = runtime.checkpoint_dir() / f"{text}.pt"
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"no shipped checkpoint named {text!r}; shipped: {shipped()}. Give a PATH.pt for "
+            "your own."
+        )
+    return path
+
+
 def save(
     path: str | os.PathLike[str],
     *,

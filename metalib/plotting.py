@@ -395,7 +395,7 @@ def plot_instance_accuracy(
 
     Args:
         results: ``{label: r}`` where ``r.mean`` and ``r.ci95`` hold one value per
-            instance (as :class:`metalib.model_based.InstanceAccuracy` does).
+            instance (as :class:`metalib.recipes.mann_omniglot.InstanceAccuracy` does).
         reference: ``{label: {instance: accuracy}}`` drawn as dashed lines with markers
             (a paper's values).
         chance: a horizontal line at this accuracy (``1 / n_way``).

@@ -2,8 +2,9 @@
 
 :func:`load` takes a shipped name (``"protonet_omniglot_1shot"``; :func:`shipped` lists
 them) or a ``PATH.pt`` and returns what the recipe trained: a sinusoid
-:class:`~metalib.recipes.Learner`, or for Omniglot a :class:`FewShotClassifier` that
-scores query images against a support set you choose. With
+:class:`~metalib.recipes.sinusoid.Learner`, or for Omniglot a :class:`FewShotClassifier` that
+scores query images against a support set you choose. Every checkpoint is read by
+:func:`metalib.recipes.load`. With
 :func:`metalib.data.omniglot.image_to_tensor` this classifies your own drawings::
 
     classifier = pretrained.load("protonet_omniglot_1shot")
@@ -15,21 +16,23 @@ Used in ``notebooks/06_prototypical_networks.ipynb``.
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import functional_call
 
-from metalib import baseline, checkpoints, classification, metric, model_based, recipes, runtime
+from metalib import checkpoints, recipes
 from metalib.algorithms import cnp, maml, mann, transfer
+from metalib.recipes import (
+    cnp_sinusoid,
+    mann_omniglot,
+    metric_omniglot,
+    sinusoid,
+    transfer_omniglot,
+)
 
-
-def shipped() -> list[str]:
-    """Names of the checkpoints in ``data/checkpoints`` (each has a ``.pt`` and a ``.json``)."""
-    folder = runtime.checkpoint_dir()
-    return sorted(p.stem for p in folder.glob("*.pt") if p.with_suffix(".json").is_file())
+shipped, path_of = checkpoints.shipped, checkpoints.path_of  # where the chapters look them up
 
 
 def recorded_accuracy(name: str, setting: str) -> dict | None:
@@ -54,20 +57,6 @@ def recorded_accuracy(name: str, setting: str) -> dict | None:
     if not by_step or setting != f"{config['n_way']}-way {config['k_shot']}-shot":
         return None
     return {**by_step[max(by_step, key=int)], "episodes": metrics.get("test_episodes")}
-
-
-def path_of(name_or_path: str | os.PathLike[str]) -> Path:
-    """The ``.pt`` path of a shipped name, or ``name_or_path`` itself if it is a path."""
-    text = os.fspath(name_or_path)
-    if os.sep in text or text.endswith(".pt") or Path(text).exists():
-        return checkpoints.paths(text)[0]
-    path = runtime.checkpoint_dir() / f"{text}.pt"
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"no shipped checkpoint named {text!r}; shipped: {shipped()}. Give a PATH.pt for "
-            "your own."
-        )
-    return path
 
 
 class FewShotClassifier:
@@ -116,7 +105,7 @@ class FewShotClassifier:
         y_support = y_support.to(self.device)
         if self._params is None:
             with torch.no_grad():
-                return metric.episode_logits(
+                return metric_omniglot.episode_logits(
                     self.model, self.config, x_support[None], y_support[None], x_query[None]
                 )[0]
         n_way = self.config.n_way
@@ -141,11 +130,11 @@ class FewShotClassifier:
 
 def load(
     name_or_path: str | os.PathLike[str], *, device: torch.device | str = "cpu"
-) -> FewShotClassifier | recipes.Learner | cnp.CNP | mann.MANN | transfer.PretrainedClassifier:
+) -> FewShotClassifier | sinusoid.Learner | cnp.CNP | mann.MANN | transfer.PretrainedClassifier:
     """The model of a checkpoint: a shipped name or a ``PATH.pt``.
 
     Returns:
-        A :class:`~metalib.recipes.Learner` for the sinusoid MAML family, a
+        A :class:`~metalib.recipes.sinusoid.Learner` for the sinusoid MAML family, a
         :class:`~metalib.algorithms.cnp.CNP` (in eval mode) for ``cnp-sinusoid``, a
         :class:`~metalib.algorithms.mann.MANN` for ``mann-omniglot`` (it reads labelled
         sequences), the pretrained network of ``transfer-omniglot`` (use it with
@@ -154,26 +143,16 @@ def load(
 
     Raises:
         FileNotFoundError: if there is no such checkpoint.
-        ValueError: if the file is not a checkpoint of this course.
+        ValueError: if the file is not a checkpoint of this course, naming it.
     """
-    path = path_of(name_or_path)
-    sidecar = checkpoints.read_sidecar(path)
-    recipe = str(sidecar.get("recipe", ""))
-    if recipe.startswith("sinusoid-"):
-        return recipes.load_learner(path, device=device)
-    if recipe == model_based.CNPConfig.recipe:
-        return model_based.load_cnp(path, device=device)[1]
-    if recipe == model_based.MANNConfig.recipe:
-        return model_based.load_mann(path, device=device)[1]
-    if recipe == baseline.TransferConfig.recipe:
-        return baseline.load_transfer(path, device=device)[1]
-    if metric.is_metric_recipe(recipe):
-        config, model = metric.load_metric(path, device=device)
-        return FewShotClassifier(recipe, config, model, None, sidecar)
-    if recipe.endswith("-omniglot"):
-        config, model, params = classification.load_classifier(path, device=device)
-        return FewShotClassifier(recipe, config, model.eval(), params, sidecar)
-    raise ValueError(f"{path} holds recipe {recipe!r}, which this course does not know.")
+    run = recipes.load(path_of(name_or_path), device=device)
+    family = recipes.family_of(run.config.recipe)
+    if family is sinusoid:
+        return sinusoid.learner_of(run)
+    if family in (cnp_sinusoid, mann_omniglot, transfer_omniglot):
+        return run.model
+    params = None if family is metric_omniglot else run.params
+    return FewShotClassifier(run.config.recipe, run.config, run.model.eval(), params, run.sidecar)
 
 
 __all__ = ["FewShotClassifier", "load", "path_of", "recorded_accuracy", "shipped"]

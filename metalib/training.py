@@ -143,32 +143,6 @@ def train_loop(
     return history
 
 
-def train_network(
-    step_loss: Callable[[int], Tensor],
-    model: nn.Module,
-    config,
-    *,
-    callback: Callback | None = None,
-    progress: bool = True,
-) -> History:
-    """:func:`train_loop` on every parameter of ``model`` with a recipe's settings.
-
-    ``config`` provides ``meta_steps``, ``outer_lr``, ``outer_lr_schedule`` and ``recipe``
-    (the progress bar's label), and ``halve_every`` if it has a halving schedule.
-    """
-    return train_loop(
-        step_loss,
-        dict(model.named_parameters()),
-        meta_steps=config.meta_steps,
-        outer_lr=config.outer_lr,
-        outer_lr_schedule=config.outer_lr_schedule,
-        halve_every=getattr(config, "halve_every", 2_000),
-        callback=callback,
-        progress=progress,
-        description=config.recipe,
-    )
-
-
 def _run(step_loss, optimizer, schedule, history, bar, callback, save_state, save_every, state):
     """The body of :func:`train_loop`: one Adam step per iteration of ``bar``."""
     for step in bar:

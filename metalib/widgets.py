@@ -37,8 +37,8 @@ from matplotlib.figure import Figure
 from torch import nn
 from torch.func import functional_call
 
-from metalib import checks, metric
-from metalib.algorithms import cnp, maml, protonet
+from metalib import checks, evaluation
+from metalib.algorithms import cnp, maml
 from metalib.algorithms.maml import InnerLr
 from metalib.data.episodes import EpisodeSampler
 from metalib.data.omniglot import Omniglot
@@ -51,7 +51,8 @@ from metalib.plotting import (
     plot_embedding,
     plot_episode,
 )
-from metalib.recipes import Learner
+from metalib.recipes import metric_omniglot
+from metalib.recipes.sinusoid import Learner
 from metalib.tasks import SinusoidTasks, TaskBatch
 from metalib.training import accuracy, evaluate
 
@@ -94,7 +95,7 @@ class AdaptationPanel:
     Args:
         models: ``{"MAML": model, "pretrained": model}``: each is adapted from its own
             parameters with :func:`metalib.algorithms.maml.adapt`. A
-            :class:`metalib.recipes.Learner` adapts as it was trained: only its
+            :class:`metalib.recipes.sinusoid.Learner` adapts as it was trained: only its
             ``adapt_only`` parameters, and with its learned step sizes if it has them
             (Meta-SGD), in which case the inner-lr slider does not apply to it and the
             summary line says so.
@@ -301,7 +302,7 @@ class AccuracyPanel:
 
     Args:
         model, params: the classifier (e.g. from
-            :func:`metalib.classification.load_classifier`).
+            :func:`metalib.recipes.load`).
         test: the test episodes to adapt to (a few dozen keep the panel responsive on a CPU).
         inner_lr, inner_steps: the sliders' starting values (the training recipe's).
 
@@ -420,8 +421,8 @@ class PrototypePanel:
 
     Args:
         model: a trained :class:`~metalib.models.ConvEmbedding`.
-        config: its :class:`~metalib.metric.MetricConfig` (the distance it was trained with).
-        sampler: test episodes (:func:`metalib.metric.evaluation_sampler`); its images are
+        config: its :class:`~metalib.recipes.metric_omniglot.MetricConfig` (its distance).
+        sampler: test episodes (:func:`metalib.evaluation.evaluation_sampler`); its images are
             shared, and the sliders set the shape.
         episodes: episodes per redraw (a few dozen keep it responsive on a CPU).
         k_query: query images per class in the panel's episodes.
@@ -433,7 +434,7 @@ class PrototypePanel:
     def __init__(
         self,
         model: nn.Module,
-        config: metric.MetricConfig,
+        config: metric_omniglot.MetricConfig,
         sampler: EpisodeSampler,
         *,
         episodes: int = 20,
@@ -464,23 +465,14 @@ class PrototypePanel:
     def redraw(self) -> None:
         n_way, k_shot = self.controls["n_way"].value, self.controls["k_shot"].value
         sampler = self.sampler.with_shape(n_way=n_way, k_shot=k_shot, k_query=self.k_query)
-        self.score = metric.evaluate_metric(
+        self.score = metric_omniglot.score_of(
             self.model, self.config, sampler, n_episodes=self.episodes, seed=self.seed
         )
-        generator = torch.Generator(device=sampler.images.device).manual_seed(self.seed)
-        episode = sampler.sample(1, generator=generator)
-        mode = self.model.training
-        self.model.eval()
-        try:
-            with torch.no_grad():
-                support = self.model(episode.x_support)  # (1, n_way * k_shot, dim)
-                query = self.model(episode.x_query)  # (1, n_way * k_query, dim)
-        finally:
-            self.model.train(mode)
-        protos = protonet.prototypes(support, episode.y_support, n_way)[0]  # (n_way, dim)
+        episode = sampler.sample(1, generator=evaluation.test_generator(self.seed))
+        query, protos = metric_omniglot.embed_episode(self.model, episode, n_way)
         figure = Figure(figsize=(5, 4), dpi=80)
         plot_embedding(
-            query[0], episode.y_query[0], protos, ax=figure.subplots(), title="one test episode"
+            query[0], episode.y_query[0], protos[0], ax=figure.subplots(), title="one test episode"
         )
         self.image.value = _png(figure)
         self.summary.value = (

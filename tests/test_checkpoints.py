@@ -4,9 +4,9 @@ import os
 import pytest
 import torch
 
-from metalib import checkpoints, files
+from metalib import checkpoints, files, recipes
 from metalib.models import SinusoidMLP
-from metalib.recipes import SinusoidConfig, load_sinusoid
+from metalib.recipes.sinusoid import SinusoidConfig
 
 
 def save_model(path, model=None, **kw):
@@ -27,7 +27,8 @@ def test_round_trip(tmp_path):
     model = SinusoidMLP()
     pt, js = save_model(tmp_path / "m", model, wall_time_s=1.5)
     assert pt.name == "m.pt" and js.name == "m.json"
-    loaded, config = load_sinusoid(tmp_path / "m.pt")
+    run = recipes.load(tmp_path / "m.pt")
+    loaded, config = run.model, run.config
     assert config == SinusoidConfig()
     for name, tensor in model.state_dict().items():
         torch.testing.assert_close(loaded.state_dict()[name], tensor)
@@ -87,8 +88,8 @@ def test_wrong_recipe_and_wrong_architecture(tmp_path):
         config=SinusoidConfig().to_dict(),
         state_dict=SinusoidMLP(hidden=(8,)).state_dict(),
     )
-    with pytest.raises(ValueError, match="does not fit SinusoidMLP"):
-        load_sinusoid(tmp_path / "b")
+    with pytest.raises(ValueError, match="does not hold a SinusoidMLP"):
+        recipes.load(tmp_path / "b")
 
 
 def test_failed_save_leaves_previous_checkpoint_intact(tmp_path, monkeypatch):

@@ -3,9 +3,10 @@
 import pytest
 import torch
 
-from metalib import classification
-from metalib.classification import OmniglotConfig
+from metalib import recipes
 from metalib.data import omniglot
+from metalib.recipes import maml_omniglot
+from metalib.recipes.maml_omniglot import OmniglotConfig
 
 
 @pytest.fixture
@@ -59,9 +60,9 @@ def test_bad_config(overrides, message):
 
 def test_training_beats_chance(tiny):
     config = tiny_config(meta_steps=25, meta_batch_size=8, outer_lr=3e-3)
-    trained = classification.train_omniglot(config, data=tiny, device="cpu", progress=False)
-    sampler = classification.sampler_for(tiny, config, split="train", k_query=5)
-    curve = classification.evaluate_omniglot(
+    trained = maml_omniglot.train(config, data=tiny, device="cpu", progress=False)
+    sampler = maml_omniglot.sampler_for(tiny, config, split="train", k_query=5)
+    curve = maml_omniglot.accuracy_by_step(
         trained.model, trained.params, sampler, n_episodes=60, max_steps=3
     )
     assert len(curve.mean) == 4 and curve.n_tasks == 60
@@ -72,16 +73,14 @@ def test_training_beats_chance(tiny):
 def test_a_given_model_is_the_one_trained(tiny):
     """Same initial weights and episodes: a given network trains exactly as the default."""
     config = tiny_config(meta_steps=3)
-    default = classification.train_omniglot(config, data=tiny, device="cpu", progress=False)
+    default = maml_omniglot.train(config, data=tiny, device="cpu", progress=False)
     torch.manual_seed(config.seed)
     net = config.model()
-    given = classification.train_omniglot(
-        config, data=tiny, device="cpu", progress=False, model=net
-    )
+    given = maml_omniglot.train(config, data=tiny, device="cpu", progress=False, model=net)
     assert given.model is net
     assert given.history.losses == default.history.losses
     with pytest.raises(ValueError, match="the model's parameter names"):
-        classification.train_omniglot(
+        maml_omniglot.train(
             config, data=tiny, device="cpu", progress=False, model=net, params={"w": torch.ones(1)}
         )
 
@@ -94,19 +93,19 @@ def ctrl_c_at_step_2(config, data, state):
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        classification.train_omniglot(
+        maml_omniglot.train(
             config, data=data, device="cpu", progress=False, resume_path=state, callback=interrupt
         )
 
 
 def test_resume_after_ctrl_c_gives_the_uninterrupted_result(tiny, tmp_path):
     config = tiny_config()
-    straight = classification.train_omniglot(config, data=tiny, device="cpu", progress=False)
+    straight = maml_omniglot.train(config, data=tiny, device="cpu", progress=False)
 
     state = tmp_path / "run.resume.pt"
     ctrl_c_at_step_2(config, tiny, state)
     assert state.is_file()
-    resumed = classification.train_omniglot(
+    resumed = maml_omniglot.train(
         config, data=tiny, device="cpu", progress=False, resume_path=state
     )
     assert resumed.history.losses == straight.history.losses
@@ -115,7 +114,7 @@ def test_resume_after_ctrl_c_gives_the_uninterrupted_result(tiny, tmp_path):
 
 def test_resume_after_a_kill_restarts_from_the_last_periodic_save(tiny, tmp_path):
     config = tiny_config()
-    straight = classification.train_omniglot(config, data=tiny, device="cpu", progress=False)
+    straight = maml_omniglot.train(config, data=tiny, device="cpu", progress=False)
 
     def crash_at_step_4(step, loss):
         if step == 4:
@@ -123,7 +122,7 @@ def test_resume_after_a_kill_restarts_from_the_last_periodic_save(tiny, tmp_path
 
     state = tmp_path / "run.resume.pt"
     with pytest.raises(RuntimeError, match="killed"):
-        classification.train_omniglot(
+        maml_omniglot.train(
             config,
             data=tiny,
             progress=False,
@@ -133,7 +132,7 @@ def test_resume_after_a_kill_restarts_from_the_last_periodic_save(tiny, tmp_path
             callback=crash_at_step_4,
         )
     assert torch.load(state, weights_only=True)["loop"]["step"] == 4  # saved after steps 2 and 4
-    resumed = classification.train_omniglot(
+    resumed = maml_omniglot.train(
         config, data=tiny, device="cpu", progress=False, resume_path=state
     )
     assert all(torch.equal(resumed.params[k], straight.params[k]) for k in straight.params)
@@ -141,11 +140,11 @@ def test_resume_after_a_kill_restarts_from_the_last_periodic_save(tiny, tmp_path
 
 def test_resume_refuses_another_configuration(tiny, tmp_path):
     state = tmp_path / "run.resume.pt"
-    classification.train_omniglot(
+    maml_omniglot.train(
         tiny_config(meta_steps=2), data=tiny, device="cpu", progress=False, resume_path=state
     )
     with pytest.raises(ValueError, match="another configuration"):
-        classification.train_omniglot(
+        maml_omniglot.train(
             tiny_config(meta_steps=2, inner_lr=0.1),
             data=tiny,
             device="cpu",
@@ -156,45 +155,43 @@ def test_resume_refuses_another_configuration(tiny, tmp_path):
 
 def test_checkpoint_round_trip_and_clear_errors(tiny, tmp_path):
     config = tiny_config(meta_steps=2)
-    trained = classification.train_omniglot(config, data=tiny, device="cpu", progress=False)
-    pt_path, _ = classification.save_classifier(
-        trained, tmp_path / "maml", metrics={}, command="test"
-    )
-    loaded_config, model, params = classification.load_classifier(pt_path)
+    trained = maml_omniglot.train(config, data=tiny, device="cpu", progress=False)
+    pt_path, _ = recipes.save(trained, tmp_path / "maml", metrics={}, command="test")
+    loaded = recipes.load(pt_path, family=maml_omniglot)
+    loaded_config, model, params = loaded.config, loaded.model, loaded.params
     assert loaded_config == config
     assert all(torch.equal(params[k], trained.params[k]) for k in params)
 
-    twenty_way = classification.sampler_for(tiny, tiny_config(n_way=8), split="test")
+    twenty_way = maml_omniglot.sampler_for(tiny, tiny_config(n_way=8), split="test")
     with pytest.raises(ValueError, match="8-way: evaluate it with n_way=5"):
-        classification.evaluate_omniglot(model, params, twenty_way, n_episodes=4)
+        maml_omniglot.accuracy_by_step(model, params, twenty_way, n_episodes=4)
 
     payload = bytearray(pt_path.read_bytes())
     payload[len(payload) // 2] ^= 0xFF
     pt_path.write_bytes(bytes(payload))
     with pytest.raises(ValueError, match="does not match its sidecar"):
-        classification.load_classifier(pt_path)
+        recipes.load(pt_path)
 
 
 def test_running_statistics_option_trains_saves_and_resumes(tiny, tmp_path):
     config = tiny_config(transductive_bn=False)
-    straight = classification.train_omniglot(config, data=tiny, device="cpu", progress=False)
+    straight = maml_omniglot.train(config, data=tiny, device="cpu", progress=False)
     running = straight.model.features[1].running_mean
     assert running.abs().sum() > 0, "training updated the running statistics"
 
     state = tmp_path / "run.resume.pt"
     ctrl_c_at_step_2(config, tiny, state)
-    resumed = classification.train_omniglot(
+    resumed = maml_omniglot.train(
         config, data=tiny, device="cpu", progress=False, resume_path=state
     )
     assert all(torch.equal(resumed.params[k], straight.params[k]) for k in straight.params)
     assert torch.equal(resumed.model.features[1].running_mean, running)
 
-    pt_path, _ = classification.save_classifier(
-        straight, tmp_path / "running", metrics={}, command="test"
-    )
-    loaded_config, model, params = classification.load_classifier(pt_path)
+    pt_path, _ = recipes.save(straight, tmp_path / "running", metrics={}, command="test")
+    loaded = recipes.load(pt_path, family=maml_omniglot)
+    loaded_config, model, params = loaded.config, loaded.model.train(), loaded.params
     assert loaded_config.transductive_bn is False
     assert torch.equal(model.features[1].running_mean, running)
-    sampler = classification.sampler_for(tiny, config, split="test")
-    curve = classification.evaluate_omniglot(model, params, sampler, n_episodes=4, max_steps=1)
+    sampler = maml_omniglot.sampler_for(tiny, config, split="test")
+    curve = maml_omniglot.accuracy_by_step(model, params, sampler, n_episodes=4, max_steps=1)
     assert len(curve.mean) == 2 and model.training, "evaluation restores the mode"

@@ -5,9 +5,10 @@ import json
 import pytest
 import torch
 
-from metalib import checkpoints, metric
+from metalib import checkpoints, evaluation, recipes
 from metalib.data import omniglot
-from metalib.metric import MetricConfig
+from metalib.recipes import metric_omniglot
+from metalib.recipes.metric_omniglot import MetricConfig
 
 
 @pytest.fixture
@@ -22,16 +23,16 @@ def tiny_config(**overrides):
     return MetricConfig(**{**base, **overrides})
 
 
-@pytest.mark.parametrize("method", metric.METHODS)
+@pytest.mark.parametrize("method", metric_omniglot.METHODS)
 def test_training_beats_chance(tiny, method):
     # The Siamese network learns from pairs, a weaker signal per step: at 30 steps four
     # seeds scored 0.32-0.40 here, at 60 steps 0.57-0.78.
     steps = 60 if method == "siamese" else 30
     config = tiny_config(method=method, outer_lr=3e-3, meta_steps=steps)
-    trained = metric.train_metric(config, data=tiny, device="cpu", progress=False)
-    sampler = metric.evaluation_sampler(tiny, scheme="lake", n_way=5, k_shot=1)
-    before = metric.evaluate_metric(config.model(), config, sampler, n_episodes=100)
-    after = metric.evaluate_metric(trained.model, config, sampler, n_episodes=100)
+    trained = metric_omniglot.train(config, data=tiny, device="cpu", progress=False)
+    sampler = evaluation.evaluation_sampler(tiny, scheme="lake", n_way=5, k_shot=1)
+    before = metric_omniglot.score_of(config.model(), config, sampler, n_episodes=100)
+    after = metric_omniglot.score_of(trained.model, config, sampler, n_episodes=100)
     assert after.episodes == 100 and 0 < after.ci95 < 0.1
     # Chance is 0.2; 100 episodes of 75 queries give a standard error of about 0.005.
     print(method, before, after)
@@ -40,30 +41,37 @@ def test_training_beats_chance(tiny, method):
 
 def test_evaluation_uses_the_same_episodes_for_every_model(tiny):
     config = tiny_config()
-    sampler = metric.evaluation_sampler(tiny, scheme="lake", n_way=4, k_shot=2)
+    sampler = evaluation.evaluation_sampler(tiny, scheme="lake", n_way=4, k_shot=2)
     model = config.model()
-    first = metric.per_episode_accuracy(model, config, sampler, n_episodes=30)
-    again = metric.per_episode_accuracy(model, config, sampler, n_episodes=30)
-    other_seed = metric.per_episode_accuracy(model, config, sampler, n_episodes=30, seed=1)
+    first = metric_omniglot.per_episode_accuracy(model, config, sampler, n_episodes=30)
+    again = metric_omniglot.per_episode_accuracy(model, config, sampler, n_episodes=30)
+    other_seed = metric_omniglot.per_episode_accuracy(model, config, sampler, n_episodes=30, seed=1)
     assert torch.equal(first, again) and not torch.equal(first, other_seed)
     assert first.shape == (30,) and ((first >= 0) & (first <= 1)).all()
 
 
 def test_cosine_distance_is_used_when_asked(tiny):
     euclid, cosine = tiny_config(), tiny_config(distance="cosine")
-    batch = metric.evaluation_sampler(tiny, scheme="lake").sample(2, generator=torch.Generator())
+    batch = evaluation.evaluation_sampler(tiny, scheme="lake").sample(
+        2, generator=torch.Generator()
+    )
     model = euclid.model().eval()
     with torch.no_grad():
-        a = metric.episode_logits(model, euclid, batch.x_support, batch.y_support, batch.x_query)
-        b = metric.episode_logits(model, cosine, batch.x_support, batch.y_support, batch.x_query)
+        a = metric_omniglot.episode_logits(
+            model, euclid, batch.x_support, batch.y_support, batch.x_query
+        )
+        b = metric_omniglot.episode_logits(
+            model, cosine, batch.x_support, batch.y_support, batch.x_query
+        )
     assert b.abs().max() <= 10 + 1e-4 and not torch.allclose(a, b)
 
 
 def test_checkpoint_round_trip(tiny, tmp_path):
     config = tiny_config(method="matching", meta_steps=3)
-    trained = metric.train_metric(config, data=tiny, device="cpu", progress=False)
-    pt, sidecar = metric.save_metric(trained, tmp_path / "m", metrics={"x": 1}, command="test")
-    loaded_config, model = metric.load_metric(pt)
+    trained = metric_omniglot.train(config, data=tiny, device="cpu", progress=False)
+    pt, sidecar = recipes.save(trained, tmp_path / "m", metrics={"x": 1}, command="test")
+    loaded = recipes.load(pt, family=metric_omniglot)
+    loaded_config, model = loaded.config, loaded.model
     assert loaded_config == config and not model.training
     for name, value in trained.model.state_dict().items():
         assert torch.equal(model.state_dict()[name], value)
@@ -82,7 +90,7 @@ def test_load_refuses_other_recipes(tmp_path):
         command=None,
     )
     with pytest.raises(ValueError, match="'sinusoid-maml', not one of"):
-        metric.load_metric(tmp_path / "s.pt")
+        recipes.load(tmp_path / "s.pt", family=metric_omniglot)
 
 
 @pytest.mark.parametrize(
@@ -104,23 +112,23 @@ def test_bad_config(overrides, message):
 
 def test_episodes_wider_or_deeper_than_the_split_are_refused(tiny):
     with pytest.raises(ValueError, match="n_way=21"):  # lake training has 20 classes
-        metric.train_metric(tiny_config(train_way=21), data=tiny, device="cpu", progress=False)
+        metric_omniglot.train(tiny_config(train_way=21), data=tiny, device="cpu", progress=False)
     with pytest.raises(ValueError, match="k_shot \\+ k_query = 5 \\+ 16 exceeds the 20"):
-        metric.train_metric(
+        metric_omniglot.train(
             tiny_config(k_shot=5, k_query=16), data=tiny, device="cpu", progress=False
         )
     with pytest.raises(ValueError, match="n_way=9"):  # lake test has 8 classes
-        metric.evaluation_sampler(tiny, scheme="lake", n_way=9)
+        evaluation.evaluation_sampler(tiny, scheme="lake", n_way=9)
 
 
 def test_embed_episode_gives_queries_and_class_means(tiny):
     config = tiny_config()
-    batch = metric.evaluation_sampler(tiny, scheme="lake", n_way=4, k_shot=2).sample(
+    batch = evaluation.evaluation_sampler(tiny, scheme="lake", n_way=4, k_shot=2).sample(
         3, generator=torch.Generator().manual_seed(0)
     )
     model = config.model().train()
-    query, protos = metric.embed_episode(model, batch, 4)
-    assert query.shape == (3, 60, 64) and protos.shape == (3, 4, 64) and not model.training
+    query, protos = metric_omniglot.embed_episode(model, batch, 4)
+    assert query.shape == (3, 60, 64) and protos.shape == (3, 4, 64) and model.training
     with torch.no_grad():
         support = model(batch.x_support)  # (3, 8, 64)
     for k in range(4):

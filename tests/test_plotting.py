@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from metalib import plotting
+from metalib.evaluation import held_out_tasks
 from metalib.models import SinusoidMLP, parameters_of
-from metalib.recipes import held_out_tasks
 from metalib.training import Curve, History
 
 
@@ -138,7 +138,7 @@ def test_plot_cnp_prediction_draws_a_band_of_two_sigma():
 
 
 def test_plot_instance_accuracy_draws_each_result_reference_and_chance():
-    from metalib.model_based import InstanceAccuracy
+    from metalib.recipes.mann_omniglot import InstanceAccuracy
 
     result = InstanceAccuracy(mean=(0.3, 0.8, 0.9), ci95=(0.02, 0.02, 0.01), episodes=50)
     ax = plotting.plot_instance_accuracy(

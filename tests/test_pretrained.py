@@ -6,10 +6,17 @@ import pytest
 import torch
 from PIL import Image
 
-from metalib import baseline, metric, model_based, pretrained, recipes
+from metalib import evaluation, pretrained, recipes
 from metalib.algorithms import cnp, mann, transfer
 from metalib.data import omniglot
-from metalib.metric import MetricConfig
+from metalib.recipes import (
+    cnp_sinusoid,
+    mann_omniglot,
+    metric_omniglot,
+    sinusoid,
+    transfer_omniglot,
+)
+from metalib.recipes.metric_omniglot import MetricConfig
 
 
 @pytest.fixture
@@ -61,7 +68,7 @@ def test_shipped_names_load_into_ready_models():
     names = pretrained.shipped()
     assert "sinusoid_maml" in names and "maml_omniglot_5w1s_cpu_demo" in names
     learner = pretrained.load("sinusoid_maml")
-    assert isinstance(learner, recipes.Learner)
+    assert isinstance(learner, sinusoid.Learner)
     classifier = pretrained.load("maml_omniglot_5w1s_cpu_demo")
     assert classifier.recipe == "maml-omniglot" and not classifier.model.training
     assert classifier.sidecar["metrics"]["test_episodes"] == 600
@@ -71,7 +78,7 @@ def test_shipped_names_load_into_ready_models():
 
 def test_maml_classifier_adapts_to_the_support_set(tiny):
     classifier = pretrained.load("maml_omniglot_5w1s_cpu_demo")
-    batch = metric.evaluation_sampler(tiny, scheme="lake", n_way=5, k_shot=1).sample(
+    batch = evaluation.evaluation_sampler(tiny, scheme="lake", n_way=5, k_shot=1).sample(
         1, generator=torch.Generator().manual_seed(0)
     )
     scores = classifier.scores(batch.x_support[0], batch.y_support[0], batch.x_query[0])
@@ -88,13 +95,15 @@ def test_maml_classifier_adapts_to_the_support_set(tiny):
 
 def test_metric_classifier_scores_as_the_library_does(tiny, tmp_path):
     config = MetricConfig(scheme="lake", train_way=10, k_query=3, meta_steps=2)
-    trained = metric.train_metric(config, data=tiny, device="cpu", progress=False)
-    pt, _ = metric.save_metric(trained, tmp_path / "p", metrics={}, command=None)
+    trained = metric_omniglot.train(config, data=tiny, device="cpu", progress=False)
+    pt, _ = recipes.save(trained, tmp_path / "p", metrics={}, command=None)
     classifier = pretrained.load(pt)
-    batch = metric.evaluation_sampler(tiny, scheme="lake").sample(1, generator=torch.Generator())
+    batch = evaluation.evaluation_sampler(tiny, scheme="lake").sample(
+        1, generator=torch.Generator()
+    )
     scores = classifier.scores(batch.x_support[0], batch.y_support[0], batch.x_query[0])
     with torch.no_grad():
-        expected = metric.episode_logits(
+        expected = metric_omniglot.episode_logits(
             trained.model.eval(), config, *batch.support, batch.x_query
         )
     torch.testing.assert_close(scores, expected[0])
@@ -105,12 +114,12 @@ def test_metric_classifier_scores_as_the_library_does(tiny, tmp_path):
 
 
 def test_cnp_checkpoints_load_as_ready_models(tmp_path):
-    config = model_based.CNPConfig(meta_steps=2, meta_batch_size=4, hidden=8)
-    trained = model_based.train_cnp(config, device="cpu", progress=False)
-    model_based.save_cnp(trained, tmp_path / "cnp", metrics={}, command=None)
+    config = cnp_sinusoid.CNPConfig(meta_steps=2, meta_batch_size=4, hidden=8)
+    trained = cnp_sinusoid.train(config, device="cpu", progress=False)
+    recipes.save(trained, tmp_path / "cnp", metrics={}, command=None)
     model = pretrained.load(tmp_path / "cnp.pt")
     assert isinstance(model, cnp.CNP) and not model.training
-    tasks = recipes.held_out_tasks(3, k_shot=5)
+    tasks = evaluation.held_out_tasks(3, k_shot=5)
     torch.testing.assert_close(
         model(tasks.x_support, tasks.y_support, tasks.x_query),
         trained.model(tasks.x_support, tasks.y_support, tasks.x_query),
@@ -118,16 +127,16 @@ def test_cnp_checkpoints_load_as_ready_models(tmp_path):
 
 
 def test_mann_and_transfer_checkpoints_load_as_ready_models(tiny, tmp_path):
-    mann_config = model_based.MANNConfig(
+    mann_config = mann_omniglot.MANNConfig(
         n_way=3, instances=2, meta_steps=1, meta_batch_size=2, scheme="lake"
     )
-    trained_mann = model_based.train_mann(mann_config, data=tiny, device="cpu", progress=False)
-    model_based.save_mann(trained_mann, tmp_path / "mann", metrics={}, command=None)
+    trained_mann = mann_omniglot.train(mann_config, data=tiny, device="cpu", progress=False)
+    recipes.save(trained_mann, tmp_path / "mann", metrics={}, command=None)
     assert isinstance(pretrained.load(tmp_path / "mann.pt"), mann.MANN)
 
-    transfer_config = baseline.TransferConfig(meta_steps=1, batch_size=4, scheme="lake")
-    trained = baseline.train_transfer(transfer_config, data=tiny, device="cpu", progress=False)
-    baseline.save_transfer(trained, tmp_path / "transfer", metrics={}, command=None)
+    transfer_config = transfer_omniglot.TransferConfig(meta_steps=1, batch_size=4, scheme="lake")
+    trained = transfer_omniglot.train(transfer_config, data=tiny, device="cpu", progress=False)
+    recipes.save(trained, tmp_path / "transfer", metrics={}, command=None)
     loaded = pretrained.load(tmp_path / "transfer.pt")
     assert isinstance(loaded, transfer.PretrainedClassifier) and not loaded.training
 

@@ -4,8 +4,10 @@ import math
 import pytest
 import torch
 
+from metalib.evaluation import held_out_tasks
 from metalib.models import SinusoidMLP, parameters_of
-from metalib.recipes import SinusoidConfig, evaluate_sinusoid, held_out_tasks, train_sinusoid
+from metalib.recipes import sinusoid
+from metalib.recipes.sinusoid import SinusoidConfig
 from metalib.training import evaluate, losses_by_step, mean_ci95, train_loop
 
 
@@ -122,10 +124,10 @@ def test_losses_by_step_starts_at_the_unadapted_loss_and_decreases():
 def test_short_maml_training_beats_the_untrained_network():
     """Smoke test: a few hundred outer steps already adapt far better than no training."""
     config = SinusoidConfig(meta_steps=300, meta_batch_size=25, seed=1)
-    trained = train_sinusoid(config, device="cpu", progress=False)
+    trained = sinusoid.train(config, device="cpu", progress=False)
     untrained = SinusoidMLP()
-    after = evaluate_sinusoid(trained.model, n_tasks=200).mean[10]
-    before = evaluate_sinusoid(untrained, n_tasks=200).mean[10]
+    after = sinusoid.mse_by_step(trained.model, n_tasks=200).mean[10]
+    before = sinusoid.mse_by_step(untrained, n_tasks=200).mean[10]
     zero_predictor = held_out_tasks(200).y_query.pow(2).mean().item()
     assert after < 0.75 * zero_predictor and after < before, (after, before, zero_predictor)
 
@@ -146,19 +148,19 @@ def test_diverged_tasks_are_counted_and_reported_as_json_null():
 @pytest.mark.parametrize("method", ["fomaml", "reptile", "meta-sgd", "anil"])
 def test_short_training_of_each_method_lowers_the_query_error(method):
     """Smoke test: a few hundred outer steps adapt better than the untrained network."""
-    from metalib.recipes import make_learner
+    from metalib.recipes.sinusoid import make_learner
 
     config = SinusoidConfig.for_method(method, meta_steps=200, meta_batch_size=50, seed=2)
-    trained = train_sinusoid(config, device="cpu", progress=False)
+    trained = sinusoid.train(config, device="cpu", progress=False)
     untrained = make_learner(config, torch.device("cpu"))
-    after = evaluate_sinusoid(trained.learner, n_tasks=200, max_steps=1).mean[1]
-    before = evaluate_sinusoid(untrained, n_tasks=200, max_steps=1).mean[1]
+    after = sinusoid.mse_by_step(sinusoid.learner_of(trained), n_tasks=200, max_steps=1).mean[1]
+    before = sinusoid.mse_by_step(untrained, n_tasks=200, max_steps=1).mean[1]
     assert after < 0.8 * before, (method, after, before)
 
 
 def test_outer_steps_per_second_runs_the_meta_loss_it_is_given():
     from metalib.algorithms import maml
-    from metalib.recipes import outer_steps_per_second
+    from metalib.recipes.sinusoid import outer_steps_per_second
 
     calls = []
 

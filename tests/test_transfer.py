@@ -3,10 +3,11 @@
 import pytest
 import torch
 
-from metalib import baseline, checkpoints, metric
+from metalib import checkpoints, evaluation, recipes
 from metalib.algorithms import transfer
-from metalib.baseline import TransferConfig
 from metalib.data import omniglot
+from metalib.recipes import transfer_omniglot
+from metalib.recipes.transfer_omniglot import TransferConfig
 
 
 def separable(tasks=3, n_way=4, shots=5, dim=6, seed=0):
@@ -68,15 +69,15 @@ def tiny(small_omniglot, tmp_path):
 
 def test_pretraining_beats_random_features(tiny):
     config = TransferConfig(meta_steps=60, batch_size=64, outer_lr=3e-3, scheme="lake")
-    trained = baseline.train_transfer(config, data=tiny, device="cpu", progress=False)
-    sampler = metric.evaluation_sampler(tiny, scheme="lake", n_way=5, k_shot=1)
-    before = baseline.evaluate_transfer(
+    trained = transfer_omniglot.train(config, data=tiny, device="cpu", progress=False)
+    sampler = evaluation.evaluation_sampler(tiny, scheme="lake", n_way=5, k_shot=1)
+    before = transfer_omniglot.score_of(
         transfer.PretrainedClassifier(2), config, sampler, n_episodes=100
     )
-    after = baseline.evaluate_transfer(trained.model, config, sampler, n_episodes=100)
+    after = transfer_omniglot.score_of(trained.model, config, sampler, n_episodes=100)
     # Random features with a fitted head already reach 0.59; 60 steps gave 0.85 here.
     assert after.mean > before.mean + 0.1 and after.mean > 0.7, (before, after)
-    whole = baseline.evaluate_transfer(
+    whole = transfer_omniglot.score_of(
         trained.model, config, sampler, n_episodes=10, fine_tune="whole"
     )
     assert 0.2 < whole.mean <= 1 and whole.episodes == 10
@@ -84,11 +85,12 @@ def test_pretraining_beats_random_features(tiny):
 
 def test_checkpoint_keeps_the_embedding_only(tiny, tmp_path):
     config = TransferConfig(meta_steps=2, batch_size=8, scheme="lake")
-    trained = baseline.train_transfer(config, data=tiny, device="cpu", progress=False)
+    trained = transfer_omniglot.train(config, data=tiny, device="cpu", progress=False)
     assert trained.model.head.out_features == 20  # 5 characters x 4 rotations in lake train
-    baseline.save_transfer(trained, tmp_path / "t", metrics={}, command=None)
+    recipes.save(trained, tmp_path / "t", metrics={}, command=None)
     assert not any(k.startswith("head") for k in checkpoints.load(tmp_path / "t")["state_dict"])
-    loaded_config, model = baseline.load_transfer(tmp_path / "t.pt")
+    loaded = recipes.load(tmp_path / "t.pt", family=transfer_omniglot)
+    loaded_config, model = loaded.config, loaded.model
     assert loaded_config == config and not model.training
     for name, value in trained.model.embedding.state_dict().items():
         torch.testing.assert_close(model.embedding.state_dict()[name], value)

@@ -1,9 +1,10 @@
 import pytest
 import torch
 
-from metalib import metric, widgets
+from metalib import evaluation, widgets
 from metalib.data import omniglot
 from metalib.models import SinusoidMLP
+from metalib.recipes import metric_omniglot
 from metalib.widgets import AdaptationPanel
 
 
@@ -52,7 +53,7 @@ def test_panel_needs_a_model():
 
 
 def test_learners_adapt_as_trained_and_the_method_picker_redraws():
-    from metalib.recipes import SinusoidConfig, make_learner
+    from metalib.recipes.sinusoid import SinusoidConfig, make_learner
 
     anil = make_learner(SinusoidConfig.for_method("anil"), torch.device("cpu"))
     meta_sgd = make_learner(SinusoidConfig.for_method("meta-sgd"), torch.device("cpu"))
@@ -148,8 +149,8 @@ def test_training_monitor_redraws_and_evaluates_on_schedule():
 def test_prototype_panel_redraws_for_new_ways_and_shots(small_omniglot, tmp_path):
     data_dir, specs = small_omniglot
     data = omniglot.load(data_dir, cache_dir=tmp_path / "cache", download=False, specs=specs)
-    config = metric.MetricConfig(scheme="lake")
-    sampler = metric.evaluation_sampler(data, scheme="lake")
+    config = metric_omniglot.MetricConfig(scheme="lake")
+    sampler = evaluation.evaluation_sampler(data, scheme="lake")
     panel = widgets.PrototypePanel(config.model(), config, sampler, episodes=4)
     first_image, first_score = panel.image.value, panel.score
     assert first_image and "5-way 1-shot" in panel.summary.value

@@ -1,28 +1,30 @@
-"""Named training recipes: a frozen configuration plus the function that trains it.
+"""Sinusoid regression: ``sinusoid-maml``, ``-fomaml``, ``-reptile``, ``-meta-sgd``,
+``-anil`` and ``-pretrain``.
 
-The sinusoid recipes (``sinusoid-maml``, ``-fomaml``, ``-reptile``, ``-meta-sgd``,
-``-anil`` and ``-pretrain``) share the setting of MAML's sinusoid experiment (Finn et al.
-2017, section 5.1): a 1-40-40-1 ReLU network, K = 10, inner step 0.01, Adam. The command
-line, the notebooks and the benchmarks all train through :func:`train_sinusoid` and load
-through :func:`load_learner`, so a checkpoint made by one is what the others see.
+The six recipes share the setting of MAML's sinusoid experiment (Finn et al. 2017,
+section 5.1): a 1-40-40-1 ReLU network, K = 10, inner step 0.01, Adam. The command line,
+the notebooks and the benchmarks all train through :func:`train` and load through
+:func:`metalib.recipes.load`, so a checkpoint made by one is what the others see. Taught in
+``notebooks/02_maml_sinusoid.ipynb`` and ``03_beyond_maml.ipynb``.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor
 
-from metalib import checkpoints, checks, runtime
+from metalib import checks, runtime, training
 from metalib.algorithms import maml, meta_sgd, pretrain, reptile
+from metalib.evaluation import TEST_SEED, held_out_tasks
 from metalib.models import SinusoidMLP, parameters_of
-from metalib.tasks import SinusoidTasks, TaskBatch
-from metalib.training import Callback, Curve, History, check_outer_lr, evaluate, train_loop
+from metalib.recipes.base import Config, Flag, Run, fit, load_weights
+from metalib.tasks import SinusoidTasks
+from metalib.training import Callback, Curve, check_outer_lr
 
 METHODS = ("maml", "fomaml", "reptile", "meta-sgd", "anil", "pretrain")
 # What differs from the shared defaults, per method (see each module for why).
@@ -31,11 +33,19 @@ METHOD_DEFAULTS: dict[str, dict[str, Any]] = {
     "reptile": {"inner_steps": 5},
     "anil": {"inner_steps": 5},
 }
-TEST_SEED = 2017  # test tasks come from their own generator, never from a training seed
+RECIPES = {
+    "sinusoid-maml": "MAML on sinusoid regression (Finn et al. 2017, section 5.1)",
+    "sinusoid-fomaml": "first-order MAML (drops the Hessian term)",
+    "sinusoid-reptile": "Reptile (Nichol et al. 2018), 5 inner steps",
+    "sinusoid-meta-sgd": "Meta-SGD (Li et al. 2017): learned per-weight inner step sizes",
+    "sinusoid-anil": "ANIL (Raghu et al. 2020): only the last layer adapts, 5 inner steps",
+    "sinusoid-pretrain": "the paper's baseline: one network regressed on all tasks",
+}
+_INNER = ("maml", "fomaml", "reptile", "meta-sgd", "anil")
 
 
 @dataclass(frozen=True)
-class SinusoidConfig:
+class SinusoidConfig(Config):
     """Hyperparameters of a sinusoid run. The defaults are the shipped checkpoints' recipe.
 
     It keeps the paper's network, inner step (α = 0.01, one step), K = 10 and Adam, but
@@ -57,6 +67,20 @@ class SinusoidConfig:
     first_order: bool = False
     hidden: tuple[int, ...] = (40, 40)
     seed: int = 0
+
+    FLAGS: ClassVar[dict[str, Flag]] = {
+        "meta_steps": Flag("outer steps"),
+        "meta_batch_size": Flag("tasks per outer step"),
+        "k_shot": Flag("support points per task in training"),
+        "k_query": Flag("query points per task in training"),
+        "inner_lr": Flag("inner step size α (Meta-SGD: the step sizes' initial value)"),
+        "inner_steps": Flag("inner gradient steps in training", methods=_INNER),
+        "outer_lr": Flag("Adam step size β"),
+        "outer_lr_schedule": Flag("β over training", choices=training.SCHEDULES),
+        "first_order": Flag("drop second-order terms", methods=("maml", "meta-sgd", "anil")),
+        "hidden": Flag("widths of the hidden layers"),
+        "seed": Flag("seed for weights and task sampling"),
+    }
 
     def __post_init__(self) -> None:
         checks.one_of("method", self.method, METHODS)
@@ -87,17 +111,6 @@ class SinusoidConfig:
     def recipe(self) -> str:
         return f"sinusoid-{self.method}"
 
-    def to_dict(self) -> dict[str, Any]:
-        return {**dataclasses.asdict(self), "hidden": list(self.hidden)}
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> SinusoidConfig:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(data) - known
-        if unknown:
-            raise ValueError(f"unknown sinusoid config keys {sorted(unknown)}.")
-        return cls(**{**data, "hidden": tuple(data.get("hidden", (40, 40)))})
-
 
 @dataclass
 class Learner:
@@ -113,27 +126,20 @@ class Learner:
         return parameters_of(self.model)
 
 
-@dataclass
-class Trained:
-    """A trained learner and what training did."""
+def config(recipe: str, **overrides: Any) -> SinusoidConfig:
+    """The config of ``recipe`` (e.g. ``"sinusoid-reptile"``) with ``overrides``."""
+    return SinusoidConfig.for_method(recipe.removeprefix("sinusoid-"), **overrides)
 
-    learner: Learner
-    history: History
-    device: torch.device
 
-    @property
-    def model(self) -> SinusoidMLP:
-        return self.learner.model
-
-    @property
-    def config(self) -> SinusoidConfig:
-        return self.learner.config
+def build(config: SinusoidConfig) -> SinusoidMLP:
+    """A freshly initialised network for ``config``, seeded with ``config.seed``."""
+    torch.manual_seed(config.seed)
+    return SinusoidMLP(hidden=config.hidden)
 
 
 def make_learner(config: SinusoidConfig, device: torch.device) -> Learner:
     """A freshly initialised learner for ``config`` (learned step sizes for Meta-SGD)."""
-    torch.manual_seed(config.seed)
-    model = SinusoidMLP(hidden=config.hidden).to(device)
+    model = build(config).to(device)
     inner_lr: float | dict[str, Tensor] = config.inner_lr
     if config.method == "meta-sgd":
         inner_lr = meta_sgd.init_inner_lr(parameters_of(model), value=config.inner_lr)
@@ -141,15 +147,22 @@ def make_learner(config: SinusoidConfig, device: torch.device) -> Learner:
     return Learner(model, config, inner_lr, adapt_only)
 
 
-def step_loss_fn(learner: Learner, device: torch.device, *, meta_loss_fn=maml.meta_loss):
+def step_loss_fn(
+    learner: Learner,
+    device: torch.device,
+    *,
+    generator: torch.Generator | None = None,
+    meta_loss_fn=maml.meta_loss,
+):
     """The function ``step -> loss`` that :func:`~metalib.training.train_loop` minimises.
 
-    ``meta_loss_fn`` (MAML-family methods only) is ``maml.meta_loss`` or, for timing the
-    reference, ``maml.meta_loss_loop``.
+    ``generator`` draws the tasks (default: a CPU generator seeded with the config's
+    seed). ``meta_loss_fn`` (MAML-family methods only) is ``maml.meta_loss`` or, for
+    timing the reference, ``maml.meta_loss_loop``.
     """
     config, model, params = learner.config, learner.model, learner.params
     family = SinusoidTasks()
-    generator = torch.Generator().manual_seed(config.seed)
+    generator = generator or torch.Generator().manual_seed(config.seed)
 
     def step_loss(step: int) -> Tensor:
         tasks = family.sample(
@@ -178,57 +191,53 @@ def step_loss_fn(learner: Learner, device: torch.device, *, meta_loss_fn=maml.me
     return step_loss
 
 
-def train_sinusoid(
+def train(
     config: SinusoidConfig,
     *,
     device: torch.device | str | None = None,
     callback: Callback | None = None,
     progress: bool = True,
-) -> Trained:
-    """Train a fresh learner with ``config`` on ``device`` (automatic if None)."""
+    resume_path: str | os.PathLike[str] | None = None,
+    save_every: int = 200,
+) -> Run:
+    """Train a fresh learner with ``config`` on ``device`` (automatic if None).
+
+    ``resume_path``: see :func:`metalib.recipes.base.fit` (stopped and run again, it
+    ends with the parameters of an uninterrupted run).
+    """
     dev = runtime.device(None if device is None else str(device))
     learner = make_learner(config, dev)
     trainable = dict(learner.params)
     if isinstance(learner.inner_lr, dict):
         trainable.update(meta_sgd.to_state_refs(learner.inner_lr))
-    history = train_loop(
-        step_loss_fn(learner, dev),
+    generator = torch.Generator().manual_seed(config.seed)
+    history = fit(
+        step_loss_fn(learner, dev, generator=generator),
         trainable,
-        meta_steps=config.meta_steps,
-        outer_lr=config.outer_lr,
-        outer_lr_schedule=config.outer_lr_schedule,
+        config,
+        model=learner.model,
+        generator=generator,
         callback=callback,
         progress=progress,
-        description=config.recipe,
+        resume_path=resume_path,
+        save_every=save_every,
     )
     if isinstance(learner.inner_lr, dict):
         meta_sgd.check_inner_lr(learner.inner_lr, learner.params)
-    return Trained(learner=learner, history=history, device=dev)
+    return Run(config, learner.model.eval(), trainable, history, dev)
 
 
-def held_out_tasks(
-    n_tasks: int = 1000,
-    *,
-    k_shot: int = 5,
-    k_query: int = 100,
-    seed: int = TEST_SEED,
-    support_range: tuple[float, float] | None = None,
-    query_range: tuple[float, float] | None = None,
-) -> TaskBatch:
-    """The held-out tasks every evaluation in the course uses (same seed, same tasks)."""
-    generator = torch.Generator().manual_seed(seed)
-    return SinusoidTasks().sample(
-        n_tasks,
-        k_shot=k_shot,
-        k_query=k_query,
-        generator=generator,
-        support_range=support_range,
-        query_range=query_range,
-    )
+def learner_of(run: Run) -> Learner:
+    """What adapts at test time in ``run``: its network, step size(s) and adapted layers."""
+    config = run.config
+    _, lrs = meta_sgd.from_state(run.params)
+    inner_lr: float | dict[str, Tensor] = lrs if config.method == "meta-sgd" else config.inner_lr
+    adapt_only = run.model.head_names() if config.method == "anil" else None
+    return Learner(run.model, config, inner_lr, adapt_only)
 
 
-def evaluate_sinusoid(
-    model: SinusoidMLP | Learner,
+def mse_by_step(
+    model: SinusoidMLP | Learner | Run,
     *,
     k_shot: int = 5,
     n_tasks: int = 1000,
@@ -241,88 +250,77 @@ def evaluate_sinusoid(
     """Test MSE (mean, 95% interval) over ``n_tasks`` held-out tasks after 0..max_steps.
 
     A bare model adapts all its weights with ``inner_lr`` (default 0.01); a
-    :class:`Learner` adapts as it was trained (its learned step sizes, its ``adapt_only``)
-    unless ``inner_lr`` overrides the step size. ``support_range`` and ``query_range``
-    restrict where the support and query points are drawn (the extrapolation demo).
+    :class:`Learner` (or a :class:`~metalib.recipes.base.Run`) adapts as it was trained
+    (its learned step sizes, its ``adapt_only``) unless ``inner_lr`` overrides the step
+    size. ``support_range`` and ``query_range`` restrict where the support and query
+    points are drawn (the extrapolation demo).
     """
-    learner = model if isinstance(model, Learner) else None
-    net = learner.model if learner else model
-    step = inner_lr if inner_lr is not None else (learner.inner_lr if learner else 0.01)
+    model = learner_of(model) if isinstance(model, Run) else model
+    chosen = model if isinstance(model, Learner) else None
+    net = chosen.model if chosen else model
+    step = inner_lr if inner_lr is not None else (chosen.inner_lr if chosen else 0.01)
     tasks = held_out_tasks(
         n_tasks, k_shot=k_shot, seed=seed, support_range=support_range, query_range=query_range
     )
     dev = next(net.parameters()).device
-    return evaluate(
+    return training.evaluate(
         net,
         parameters_of(net),
         tasks.to(dev),
         inner_lr=step,
         max_steps=max_steps,
-        adapt_only=learner.adapt_only if learner else None,
+        adapt_only=chosen.adapt_only if chosen else None,
     )
 
 
-def save_trained(
-    trained: Trained,
-    path: str | os.PathLike[str],
-    *,
-    metrics: dict[str, Any] | None = None,
-    command: str | None = None,
-) -> tuple[Any, Any]:
-    """Write ``trained`` as a checkpoint pair (``PATH.pt``, ``PATH.json``)."""
-    state = dict(trained.model.state_dict())
-    if isinstance(trained.learner.inner_lr, dict):
-        state.update(meta_sgd.to_state(trained.learner.inner_lr))
-    return checkpoints.save(
-        path,
-        recipe=trained.config.recipe,
-        config=trained.config.to_dict(),
-        state_dict=state,
-        metrics=metrics,
-        device=runtime.describe_device(trained.device),
-        wall_time_s=round(trained.history.seconds, 2),
-        command=command,
+REPORT_STEPS = (0, 1, 5, 10)  # the steps a sidecar and `evaluate` report
+EVALUATE_OPTIONS = ("k_shot", "tasks", "inner_lr")
+TEST_EPISODES = None  # sinusoid recipes are tested on tasks, not episodes
+
+
+def evaluate(
+    run: Run, *, k_shot: int = 5, tasks: int = 1000, inner_lr: float | None = None
+) -> dict[str, Any]:
+    """What ``python -m metalib evaluate`` prints: test MSE after 0, 1, 5 and 10 steps."""
+    chosen = learner_of(run)
+    curve = mse_by_step(
+        chosen, k_shot=k_shot, n_tasks=tasks, inner_lr=inner_lr, max_steps=max(REPORT_STEPS)
     )
+    learned = isinstance(chosen.inner_lr, dict) and inner_lr is None
+    return {
+        "k_shot": k_shot,
+        "tasks": tasks,
+        "inner_lr": "learned (Meta-SGD)"
+        if learned
+        else (run.config.inner_lr if inner_lr is None else inner_lr),
+        "mse": curve.to_dict(REPORT_STEPS),
+    }
 
 
-def load_learner(
-    path: str | os.PathLike[str], *, device: torch.device | str | None = None
-) -> Learner:
-    """A ready learner from any sinusoid checkpoint."""
-    blob = checkpoints.load(path)
-    if not str(blob["recipe"]).startswith("sinusoid-"):
-        raise ValueError(
-            f"checkpoint {path} is a {blob['recipe']!r} checkpoint, not a sinusoid one."
-        )
-    config = SinusoidConfig.from_dict(blob["config"])
-    dev = runtime.device(None if device is None else str(device))
-    learner = make_learner(config, dev)
-    weights, lrs = meta_sgd.from_state(blob["state_dict"])
-    try:
-        learner.model.load_state_dict(weights)
-    except RuntimeError as error:
-        raise ValueError(
-            f"checkpoint {path} does not fit SinusoidMLP{config.hidden}: {error}"
-        ) from error
-    if isinstance(learner.inner_lr, dict):
-        meta_sgd.check_inner_lr(lrs, learner.params)
-        learner.inner_lr = {name: lr.to(dev) for name, lr in lrs.items()}
+def metrics(run: Run) -> dict[str, Any]:
+    """The test metrics a checkpoint's sidecar records: K = 5, 1,000 held-out tasks."""
+    curve = mse_by_step(run, k_shot=5, n_tasks=1000, max_steps=max(REPORT_STEPS))
+    return {"test_mse_k5_1000_tasks": curve.to_dict(REPORT_STEPS)}
+
+
+def state_dict(run: Run) -> dict[str, Tensor]:
+    """What a checkpoint keeps: the network's weights and any learned step sizes."""
+    return {**run.model.state_dict(), **run.params}
+
+
+def restore(
+    config: SinusoidConfig, state: dict[str, Tensor], device: torch.device
+) -> tuple[SinusoidMLP, dict[str, Tensor]]:
+    """The network and trained tensors of a checkpoint's ``state`` (raises ``ValueError``)."""
+    fresh = make_learner(config, device)
+    weights, lrs = meta_sgd.from_state(state)
+    load_weights(fresh.model, weights, f"SinusoidMLP{config.hidden}")
+    if isinstance(fresh.inner_lr, dict):
+        meta_sgd.check_inner_lr(lrs, fresh.params)
     elif lrs:
-        raise ValueError(f"checkpoint {path} has learned step sizes but recipe {config.recipe}.")
-    return learner
-
-
-def load_sinusoid(
-    path: str | os.PathLike[str], *, device: torch.device | str | None = None
-) -> tuple[SinusoidMLP, SinusoidConfig]:
-    """A ready model (and its config) from a sinusoid checkpoint."""
-    learner = load_learner(path, device=device)
-    return learner.model, learner.config
-
-
-def shipped(name: str) -> str:
-    """Path stem of a shipped checkpoint, e.g. ``shipped("sinusoid_maml")``."""
-    return str(runtime.checkpoint_dir() / name)
+        raise ValueError(f"it has learned step sizes, which recipe {config.recipe} does not learn")
+    params = {**fresh.params, **meta_sgd.to_state_refs({k: v.to(device) for k, v in lrs.items()})}
+    return fresh.model, params
 
 
 def outer_steps_per_second(

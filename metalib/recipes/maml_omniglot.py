@@ -14,37 +14,31 @@ sinusoids. Taught in ``05_maml_omniglot``.
 from __future__ import annotations
 
 import dataclasses
-import io
 import os
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from metalib import checkpoints, checks, files, runtime
+from metalib import checks, runtime, training
 from metalib.algorithms import maml
 from metalib.data import episodes, omniglot, splits
+from metalib.evaluation import TEST_K_QUERY, TEST_SEED, test_generator
 from metalib.models import ConvNet, clone_parameters, parameters_of
-from metalib.training import (
-    Callback,
-    Curve,
-    History,
-    accuracy,
-    check_outer_lr,
-    evaluate,
-    train_loop,
-)
+from metalib.recipes.base import Config, Flag, Run, fit, load_weights
+from metalib.training import Callback, Curve, accuracy, check_outer_lr
 
 METHODS = ("maml", "fomaml")
-TEST_SEED = 2017  # every evaluation draws the same test episodes
-TEST_K_QUERY = 15  # query images per class in test episodes
+RECIPES = {
+    "maml-omniglot": "MAML on Omniglot (Finn et al. 2017, section 5.2), the paper's settings",
+    "fomaml-omniglot": "first-order MAML on Omniglot",
+}
 
 
 @dataclass(frozen=True)
-class OmniglotConfig:
+class OmniglotConfig(Config):
     """Hyperparameters of an Omniglot run. Defaults: the paper's 5-way 1-shot MAML."""
 
     method: str = "maml"
@@ -63,6 +57,28 @@ class OmniglotConfig:
     downsample: str = "stride"
     transductive_bn: bool = True  # False: running statistics at test time
     seed: int = 0
+
+    FLAGS: ClassVar[dict[str, Flag]] = {
+        "n_way": Flag("classes per episode"),
+        "k_shot": Flag("support images per class"),
+        "k_query": Flag("query images per class in training episodes"),
+        "meta_batch_size": Flag("tasks per outer step (paper: 32 at 5-way, 16 at 20-way)"),
+        "meta_steps": Flag("outer steps"),
+        "inner_lr": Flag("inner step size α (paper: 0.4 at 5-way, 0.1 at 20-way)"),
+        "inner_steps": Flag("inner gradient steps in training (paper: 1 at 5-way, 5 at 20-way)"),
+        "test_inner_steps": Flag("inner steps at test time (paper: 3 at 5-way, 5 at 20-way)"),
+        "outer_lr": Flag("Adam step size β"),
+        "outer_lr_schedule": Flag("β over training", choices=training.SCHEDULES),
+        "first_order": Flag("drop second-order terms", methods=("maml",)),
+        "scheme": Flag("class split", name="split", choices=splits.SCHEMES),
+        "downsample": Flag("how the blocks downsample", choices=("stride", "pool")),
+        "transductive_bn": Flag(
+            "batch-norm statistics of each batch (the paper) or running statistics at test time",
+            name="batch-norm",
+            choices={"transductive": True, "running": False},
+        ),
+        "seed": Flag("seed for weights and episode sampling"),
+    }
 
     def __post_init__(self) -> None:
         checks.one_of("method", self.method, METHODS)
@@ -97,16 +113,19 @@ class OmniglotConfig:
     def recipe(self) -> str:
         return f"{self.method}-omniglot"
 
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+
+def config(recipe: str, **overrides: Any) -> OmniglotConfig:
+    """The paper's config of ``recipe`` for ``n_way`` and ``k_shot`` (default 5-way 1-shot)."""
+    method = recipe.removesuffix("-omniglot")
+    if method == "fomaml":
+        overrides["first_order"] = True
+    n_way, k_shot = overrides.pop("n_way", 5), overrides.pop("k_shot", 1)
+    return OmniglotConfig.paper(n_way, k_shot, method=method, **overrides)
 
 
-class TrainedClassifier(NamedTuple):
-    config: OmniglotConfig
-    model: ConvNet
-    params: dict[str, Tensor]
-    history: History
-    device: torch.device
+def build(config: OmniglotConfig) -> ConvNet:
+    """A fresh ConvNet of ``config`` (seed it first for a reproducible start)."""
+    return config.model()
 
 
 def sampler_for(
@@ -129,7 +148,7 @@ def sampler_for(
     )
 
 
-def train_omniglot(
+def train(
     config: OmniglotConfig,
     *,
     data: omniglot.Omniglot | None = None,
@@ -140,7 +159,7 @@ def train_omniglot(
     save_every: int = 200,
     params: dict[str, Tensor] | None = None,
     model: nn.Module | None = None,
-) -> TrainedClassifier:
+) -> Run:
     """Meta-train a ConvNet with ``config`` on the training classes.
 
     Args:
@@ -149,11 +168,8 @@ def train_omniglot(
         params: leaf tensors to start from and update in place (for example to
             evaluate them from a callback while training runs); default: a copy of the
             model's parameters.
-        resume_path: a file for the training state (parameters, Adam's state, the
-            episode generator's state, the losses so far), written atomically every
-            ``save_every`` steps, at the end and on Ctrl-C. If it exists when training
-            starts, training continues from it, and ends with the same parameters as an
-            uninterrupted run with the same seed (exactly on a CPU).
+        resume_path: see :func:`metalib.recipes.base.fit`: stopped and run again, training
+            ends with the same parameters as an uninterrupted run (exactly on a CPU).
 
     Raises:
         ValueError: if ``resume_path`` holds the state of a different configuration, or
@@ -163,18 +179,16 @@ def train_omniglot(
     data = omniglot.load() if data is None else data
     sampler = sampler_for(data, config, split="train", device=dev)
     torch.manual_seed(config.seed)
-    model = (config.model() if model is None else model).to(dev)
+    model = (build(config) if model is None else model).to(dev)
     if params is None:
         params = clone_parameters(parameters_of(model))
     elif set(params) != set(parameters_of(model)):
         raise ValueError(
             f"params must have the model's parameter names: {sorted(parameters_of(model))}."
         )
-    generator = torch.Generator(device=dev).manual_seed(config.seed)
-    boundary: list = [0, generator.get_state()]  # generator state before sampling step boundary[0]
+    generator = torch.Generator().manual_seed(config.seed)
 
     def step_loss(step: int) -> Tensor:
-        boundary[:] = [step, generator.get_state()]
         batch = sampler.sample(config.meta_batch_size, generator=generator)
         if not config.transductive_bn:  # running statistics of θ over the meta-batch's queries
             model.update_running_stats(params, batch.x_query.flatten(0, 1))
@@ -188,99 +202,21 @@ def train_omniglot(
             first_order=config.first_order,
         )
 
-    resume, save_state = None, None
-    if resume_path is not None:
-        path = Path(resume_path)
-        resume = _read_resume(path, config, model, params, generator) if path.is_file() else None
-
-        def save_state(loop: dict) -> None:
-            at_boundary = boundary[0] == loop["step"]
-            blob = {
-                "config": config.to_dict(),
-                "params": {k: v.detach().cpu() for k, v in params.items()},
-                "buffers": {k: v.cpu() for k, v in model.named_buffers()},
-                "generator": boundary[1] if at_boundary else generator.get_state(),
-                "loop": loop,
-            }
-            buffer = io.BytesIO()
-            torch.save(blob, buffer)
-            files.atomic_write(path, buffer.getvalue())
-
-    history = train_loop(
+    history = fit(
         step_loss,
         params,
-        meta_steps=config.meta_steps,
-        outer_lr=config.outer_lr,
-        outer_lr_schedule=config.outer_lr_schedule,
+        config,
+        model=model,
+        generator=generator,
         callback=callback,
         progress=progress,
-        description=config.recipe,
-        resume=resume,
-        save_state=save_state,
+        resume_path=resume_path,
         save_every=save_every,
     )
-    return TrainedClassifier(config, model, params, history, dev)
+    return Run(config, model, params, history, dev)
 
 
-def _read_resume(path: Path, config: OmniglotConfig, model, params: dict, generator) -> dict:
-    """Restore parameters and generator from a training state; return the loop's state."""
-    try:
-        blob = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # torch raises several types for corrupt files
-        raise ValueError(
-            f"training state {path} cannot be read ({error}): delete it to start afresh."
-        ) from error
-    if blob.get("config") != config.to_dict():
-        raise ValueError(
-            f"training state {path} belongs to another configuration ({blob.get('config')}): "
-            "delete it or pass the same hyperparameters."
-        )
-    with torch.no_grad():
-        for name, value in blob["params"].items():
-            params[name].copy_(value)
-        for name, value in model.named_buffers():
-            value.copy_(blob["buffers"][name])
-    generator.set_state(blob["generator"])
-    return blob["loop"]
-
-
-def save_classifier(trained: TrainedClassifier, path, *, metrics: dict, command: str | None):
-    """Write ``PATH.pt`` and ``PATH.json`` (see :mod:`metalib.checkpoints`)."""
-    return checkpoints.save(
-        path,
-        recipe=trained.config.recipe,
-        config=trained.config.to_dict(),
-        state_dict={**trained.params, **dict(trained.model.named_buffers())},
-        metrics=metrics,
-        device=runtime.describe_device(trained.device),
-        wall_time_s=round(trained.history.seconds, 2),
-        command=command,
-    )
-
-
-def load_classifier(
-    path, *, device: torch.device | str = "cpu"
-) -> tuple[OmniglotConfig, ConvNet, dict]:
-    """``(config, model, params)`` from a checkpoint written by :func:`save_classifier`.
-
-    Raises:
-        FileNotFoundError, ValueError: as :func:`metalib.checkpoints.load`, or if the
-            checkpoint is not an Omniglot classifier.
-    """
-    blob = checkpoints.load(path)
-    if not blob["recipe"].endswith("-omniglot"):
-        raise ValueError(f"checkpoint {path} holds recipe {blob['recipe']!r}, not an Omniglot one.")
-    config = OmniglotConfig(**blob["config"])
-    model = config.model()
-    if set(blob["state_dict"]) != set(model.state_dict()):
-        raise ValueError(f"checkpoint {path} does not hold a ConvNet's parameters.")
-    model.load_state_dict(blob["state_dict"])
-    model.to(device)
-    params = {k: v.detach().clone() for k, v in parameters_of(model).items()}
-    return config, model, params
-
-
-def evaluate_omniglot(
+def accuracy_by_step(
     model: ConvNet,
     params: dict[str, Tensor],
     sampler: episodes.EpisodeSampler,
@@ -301,12 +237,11 @@ def evaluate_omniglot(
             f"the model has {model.n_way} outputs but the episodes are {sampler.n_way}-way: "
             f"evaluate it with n_way={model.n_way}."
         )
-    generator = torch.Generator(device=sampler.device).manual_seed(seed)
-    test = sampler.sample(n_episodes, generator=generator)
+    test = sampler.sample(n_episodes, generator=test_generator(seed))
     mode = model.training
     model.eval()  # running statistics, if the model keeps them; transductive BN ignores it
     try:
-        return evaluate(
+        return training.evaluate(
             model,
             params,
             test,
@@ -317,3 +252,63 @@ def evaluate_omniglot(
         )
     finally:
         model.train(mode)
+
+
+EVALUATE_OPTIONS = ("n_way", "k_shot", "episodes", "inner_lr")
+TEST_EPISODES = 600  # test episodes in a sidecar's accuracy, as in the paper's tables
+
+
+def evaluate(
+    run: Run,
+    *,
+    data: omniglot.Omniglot | None = None,
+    n_way: int | None = None,
+    k_shot: int | None = None,
+    episodes: int = TEST_EPISODES,
+    inner_lr: float | None = None,
+) -> dict[str, Any]:
+    """What ``python -m metalib evaluate`` prints: accuracy after each test-time step."""
+    config = run.config
+    n_way = config.n_way if n_way is None else n_way
+    k_shot = config.k_shot if k_shot is None else k_shot
+    data = omniglot.load() if data is None else data
+    test_config = dataclasses.replace(config, n_way=n_way, k_shot=k_shot)
+    sampler = sampler_for(data, test_config, split="test", k_query=TEST_K_QUERY, device=run.device)
+    inner_lr = config.inner_lr if inner_lr is None else inner_lr
+    last = config.test_inner_steps
+    curve = accuracy_by_step(
+        run.model, run.params, sampler, n_episodes=episodes, inner_lr=inner_lr, max_steps=last
+    )
+    return {
+        "n_way": n_way,
+        "k_shot": k_shot,
+        "split": config.scheme,
+        "episodes": episodes,
+        "inner_lr": inner_lr,
+        "inner_steps": last,
+        "accuracy": {"mean": curve.mean[last], "ci95": curve.ci95[last]},
+        "accuracy_by_step": curve.to_dict(range(last + 1)),
+    }
+
+
+def metrics(
+    run: Run, *, data: omniglot.Omniglot | None = None, episodes: int = TEST_EPISODES
+) -> dict[str, Any]:
+    """The test metrics a sidecar records: accuracy after each test-time step."""
+    result = evaluate(run, data=data, episodes=episodes)
+    return {"test_episodes": episodes, "test_accuracy_by_step": result["accuracy_by_step"]}
+
+
+def state_dict(run: Run) -> dict[str, Tensor]:
+    """What a checkpoint keeps: the meta-parameters and the network's buffers."""
+    return {**run.params, **dict(run.model.named_buffers())}
+
+
+def restore(
+    config: OmniglotConfig, state: dict[str, Tensor], device: torch.device
+) -> tuple[ConvNet, dict[str, Tensor]]:
+    """The network and meta-parameters of a checkpoint's ``state`` (raises ``ValueError``)."""
+    model = build(config)
+    load_weights(model, state, "ConvNet")
+    model.to(device)
+    return model, {k: v.detach().clone() for k, v in parameters_of(model).items()}

@@ -12,28 +12,32 @@ halved every 2,000 episodes, batch norm with running statistics at test time. Ta
 
 from __future__ import annotations
 
-import dataclasses
-from collections.abc import Callable
+import os
 from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from metalib import checkpoints, checks, runtime
+from metalib import checks, runtime, training
 from metalib.algorithms import matching, protonet, siamese
 from metalib.data import episodes, omniglot, splits
+from metalib.evaluation import TEST_SEED, Score, accuracy_over_episodes, evaluation_sampler, score
 from metalib.models import ConvEmbedding
-from metalib.training import Callback, History, mean_ci95, train_network
+from metalib.recipes.base import Config, Flag, Run, fit, load_weights
+from metalib.training import Callback
 
 METHODS = ("protonet", "matching", "siamese")
-TEST_SEED = 2017  # the same test episodes as chapter 05's MAML evaluation
-TEST_K_QUERY = 15  # query images per class in test episodes
+RECIPES = {
+    "protonet-omniglot": "Prototypical Networks (Snell et al. 2017) on Omniglot",
+    "matching-omniglot": "Matching Networks (Vinyals et al. 2016), no full-context embeddings",
+    "siamese-omniglot": "Siamese networks (Koch et al. 2015) for one-shot classification",
+}
 
 
 @dataclass(frozen=True)
-class MetricConfig:
+class MetricConfig(Config):
     """Hyperparameters of a metric-based run. Defaults: ProtoNets, 5-way 1-shot tests.
 
     ``n_way`` is the test episodes' width; training episodes have ``train_way`` classes
@@ -55,13 +59,29 @@ class MetricConfig:
     scheme: str = "vinyals"
     seed: int = 0
 
+    FLAGS: ClassVar[dict[str, Flag]] = {
+        "n_way": Flag("classes per test episode"),
+        "k_shot": Flag("support images per class, in training and test episodes"),
+        "train_way": Flag("classes per training episode (60, as ProtoNets)"),
+        "k_query": Flag("query images per class in training episodes"),
+        "meta_steps": Flag("training episodes (steps of Adam)"),
+        "meta_batch_size": Flag("episodes per step"),
+        "outer_lr": Flag("Adam step size β"),
+        "outer_lr_schedule": Flag("β over training", choices=training.SCHEDULES),
+        "halve_every": Flag("steps between halvings of β (schedule 'halving')"),
+        "distance": Flag(
+            "distance to the prototypes", choices=protonet.DISTANCES, methods=("protonet",)
+        ),
+        "scale": Flag("cosine multiplier before the softmax", methods=("matching",)),
+        "scheme": Flag("class split", name="split", choices=splits.SCHEMES),
+        "seed": Flag("seed for weights and episode sampling"),
+    }
+
     def __post_init__(self) -> None:
         checks.one_of("method", self.method, METHODS)
         minimums = {"n_way": 2, "k_shot": 1, "train_way": 2, "k_query": 1, "meta_batch_size": 1}
-        minimums["halve_every"] = 1
-        for name in ("meta_steps", "seed", *minimums):
-            checks.count(name, getattr(self, name), minimums.get(name, 0))
-        checks.positive_number("outer_lr", self.outer_lr)
+        self.check_counts({"meta_steps": 0, "seed": 0, "halve_every": 1, **minimums})
+        training.check_outer_lr(self.outer_lr, self.outer_lr_schedule)
         checks.one_of("distance", self.distance, protonet.DISTANCES)
         checks.positive_number("scale", self.scale)
         checks.one_of("scheme", self.scheme, splits.SCHEMES)
@@ -70,12 +90,19 @@ class MetricConfig:
     def recipe(self) -> str:
         return f"{self.method}-omniglot"
 
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
     def model(self) -> nn.Module:
         """A fresh network: the embedding, or for Siamese the embedding plus its pair head."""
         return siamese.SiameseNet() if self.method == "siamese" else ConvEmbedding()
+
+
+def config(recipe: str, **overrides: Any) -> MetricConfig:
+    """The config of ``recipe`` (e.g. ``"matching-omniglot"``) with ``overrides``."""
+    return MetricConfig(method=recipe.removesuffix("-omniglot"), **overrides)
+
+
+def build(config: MetricConfig) -> nn.Module:
+    """A fresh network: the embedding, or for Siamese the embedding plus its pair head."""
+    return config.model()
 
 
 def episode_logits(
@@ -102,27 +129,23 @@ def episode_loss(model: nn.Module, config: MetricConfig, batch: episodes.Episode
     return F.cross_entropy(scores.flatten(0, 1), batch.y_query.flatten())
 
 
-class TrainedMetric(NamedTuple):
-    config: MetricConfig
-    model: nn.Module
-    history: History
-    device: torch.device
-
-
-def train_metric(
+def train(
     config: MetricConfig,
     *,
     data: omniglot.Omniglot | None = None,
     device: torch.device | str | None = None,
     callback: Callback | None = None,
     progress: bool = True,
+    resume_path: str | os.PathLike[str] | None = None,
+    save_every: int = 200,
     model: nn.Module | None = None,
-) -> TrainedMetric:
+) -> Run:
     """Train ``config.method`` on the training classes of ``config.scheme``.
 
     Args:
         model: a network to train in place (for example to evaluate it from a
             callback); default: a fresh one seeded with ``config.seed``.
+        resume_path: see :func:`metalib.recipes.base.fit`.
 
     Raises:
         ValueError: if ``train_way`` exceeds the training classes, or ``k_shot +
@@ -140,17 +163,27 @@ def train_metric(
         device=dev,
     )
     torch.manual_seed(config.seed)
-    model = (config.model() if model is None else model).to(dev)
+    model = (build(config) if model is None else model).to(dev)
     model.train()
-    generator = torch.Generator(device=dev).manual_seed(config.seed)
+    generator = torch.Generator().manual_seed(config.seed)
 
     def step_loss(step: int) -> Tensor:
         batch = sampler.sample(config.meta_batch_size, generator=generator)
         return episode_loss(model, config, batch)
 
-    history = train_network(step_loss, model, config, callback=callback, progress=progress)
-    model.eval()
-    return TrainedMetric(config, model, history, dev)
+    params = dict(model.named_parameters())
+    history = fit(
+        step_loss,
+        params,
+        config,
+        model=model,
+        generator=generator,
+        callback=callback,
+        progress=progress,
+        resume_path=resume_path,
+        save_every=save_every,
+    )
+    return Run(config, model.eval(), params, history, dev)
 
 
 @torch.no_grad()
@@ -158,62 +191,15 @@ def embed_episode(
     model: nn.Module, episode: episodes.Episodes, n_way: int
 ) -> tuple[Tensor, Tensor]:
     """Query embeddings ``(tasks, n_query, d)`` and prototypes ``(tasks, n_way, d)`` of a
-    batch of episodes, the network in eval mode (chapter 06's pictures of the space)."""
+    batch of episodes, the network in eval mode (chapter 06's pictures of the space); the
+    network is left in the mode it was in."""
+    mode = model.training
     model.eval()
-    support, query = model(episode.x_support), model(episode.x_query)
+    try:
+        support, query = model(episode.x_support), model(episode.x_query)
+    finally:
+        model.train(mode)
     return query, protonet.prototypes(support, episode.y_support, n_way)
-
-
-class Score(NamedTuple):
-    """Mean query accuracy over test episodes and its 95% half-width."""
-
-    mean: float
-    ci95: float
-    episodes: int
-
-    def to_dict(self) -> dict[str, float | int]:
-        return {"mean": self.mean, "ci95": self.ci95, "episodes": self.episodes}
-
-
-def evaluation_sampler(
-    data: omniglot.Omniglot,
-    *,
-    scheme: str = "vinyals",
-    split: str = "test",
-    n_way: int = 5,
-    k_shot: int = 1,
-    device: torch.device | str = "cpu",
-) -> episodes.EpisodeSampler:
-    """Episodes of ``split`` (default: the test classes) with :data:`TEST_K_QUERY` queries."""
-    classes = splits.class_split(data, scheme=scheme, split=split)
-    return episodes.EpisodeSampler(
-        data, classes, n_way=n_way, k_shot=k_shot, k_query=TEST_K_QUERY, device=device
-    )
-
-
-def accuracy_over_episodes(
-    scores_fn: Callable[[Tensor, Tensor, Tensor], Tensor],
-    sampler: episodes.EpisodeSampler,
-    *,
-    n_episodes: int = 1000,
-    seed: int = TEST_SEED,
-    chunk: int = 50,
-) -> Tensor:
-    """Query accuracy of each of ``n_episodes`` test episodes, ``(n_episodes,)``.
-
-    ``scores_fn(x_support, y_support, x_query)`` returns query scores ``(tasks, n_query,
-    n_way)`` for a chunk of episodes. Episodes are drawn with ``seed`` (the same ones for
-    every method of the course) and built ``chunk`` at a time.
-    """
-    checks.count("n_episodes", n_episodes, 2)
-    generator = torch.Generator(device=sampler.images.device).manual_seed(seed)
-    classes, drawers = sampler.sample_indices(n_episodes, generator=generator)
-    out = []
-    for lo in range(0, n_episodes, chunk):
-        batch = sampler.gather(classes[lo : lo + chunk], drawers[lo : lo + chunk])
-        scores = scores_fn(batch.x_support, batch.y_support, batch.x_query)
-        out.append((scores.argmax(-1) == batch.y_query).float().mean(-1))  # (chunk,)
-    return torch.cat(out).cpu()
 
 
 @torch.no_grad()
@@ -245,7 +231,7 @@ def per_episode_accuracy(
         model.train(mode)
 
 
-def evaluate_metric(
+def score_of(
     model: nn.Module,
     config: MetricConfig,
     sampler: episodes.EpisodeSampler,
@@ -254,54 +240,64 @@ def evaluate_metric(
     seed: int = TEST_SEED,
 ) -> Score:
     """Mean test accuracy and its 95% interval over ``n_episodes`` episodes."""
-    accuracy = per_episode_accuracy(model, config, sampler, n_episodes=n_episodes, seed=seed)
-    mean, ci = mean_ci95(accuracy)
-    return Score(float(mean), float(ci), n_episodes)
+    return score(per_episode_accuracy(model, config, sampler, n_episodes=n_episodes, seed=seed))
 
 
-def save_metric(trained: TrainedMetric, path, *, metrics: dict, command: str | None):
-    """Write ``PATH.pt`` and ``PATH.json`` (see :mod:`metalib.checkpoints`)."""
-    return checkpoints.save_run(trained, path, metrics=metrics, command=command)
+EVALUATE_OPTIONS = ("n_way", "k_shot", "episodes")
+TEST_EPISODES = 1000  # test episodes in a sidecar's accuracies
 
 
-def is_metric_recipe(recipe: str) -> bool:
-    return recipe in {f"{m}-omniglot" for m in METHODS}
+def evaluate(
+    run: Run,
+    *,
+    data: omniglot.Omniglot | None = None,
+    n_way: int | None = None,
+    k_shot: int | None = None,
+    episodes: int = TEST_EPISODES,
+) -> dict[str, Any]:
+    """What ``python -m metalib evaluate`` prints: accuracy over test episodes."""
+    config = run.config
+    n_way = config.n_way if n_way is None else n_way
+    k_shot = config.k_shot if k_shot is None else k_shot
+    sampler = evaluation_sampler(
+        omniglot.load() if data is None else data,
+        scheme=config.scheme,
+        n_way=n_way,
+        k_shot=k_shot,
+        device=run.device,
+    )
+    result = score_of(run.model, config, sampler, n_episodes=episodes)
+    return {
+        "n_way": n_way,
+        "k_shot": k_shot,
+        "split": config.scheme,
+        "episodes": episodes,
+        "accuracy": {"mean": result.mean, "ci95": result.ci95},
+    }
 
 
-def load_metric(path, *, device: torch.device | str = "cpu") -> tuple[MetricConfig, nn.Module]:
-    """``(config, model)`` from a checkpoint of :func:`save_metric`, in eval mode.
-
-    Raises:
-        FileNotFoundError, ValueError: as :func:`metalib.checkpoints.load`, or if the
-            checkpoint is not one of the metric-based recipes.
-    """
-    blob = checkpoints.load(path)
-    if not is_metric_recipe(blob["recipe"]):
-        raise ValueError(
-            f"checkpoint {path} holds recipe {blob['recipe']!r}, not one of "
-            f"{[f'{m}-omniglot' for m in METHODS]}."
-        )
-    config = MetricConfig(**blob["config"])
-    model = config.model()
-    if set(blob["state_dict"]) != set(model.state_dict()):
-        raise ValueError(f"checkpoint {path} does not hold a {config.method} network.")
-    model.load_state_dict(blob["state_dict"])
-    return config, model.to(device).eval()
+def metrics(
+    run: Run, *, data: omniglot.Omniglot | None = None, episodes: int = TEST_EPISODES
+) -> dict[str, Any]:
+    """The test metrics a sidecar records: accuracy at the trained width, 5- and 20-way."""
+    data = omniglot.load() if data is None else data
+    k_shot, accuracy = run.config.k_shot, {}
+    for n_way in sorted({run.config.n_way, 5, 20}):
+        result = evaluate(run, data=data, n_way=n_way, episodes=episodes)["accuracy"]
+        accuracy[f"{n_way}-way {k_shot}-shot"] = {**result, "episodes": episodes}
+    return {"test_accuracy": accuracy}
 
 
-__all__ = [
-    "METHODS",
-    "MetricConfig",
-    "Score",
-    "TrainedMetric",
-    "accuracy_over_episodes",
-    "embed_episode",
-    "episode_logits",
-    "episode_loss",
-    "evaluate_metric",
-    "evaluation_sampler",
-    "load_metric",
-    "per_episode_accuracy",
-    "save_metric",
-    "train_metric",
-]
+def state_dict(run: Run) -> dict[str, Tensor]:
+    """What a checkpoint keeps: the network's weights and batch-norm statistics."""
+    return run.model.state_dict()
+
+
+def restore(
+    config: MetricConfig, state: dict[str, Tensor], device: torch.device
+) -> tuple[nn.Module, dict[str, Tensor]]:
+    """The network of a checkpoint's ``state``, in eval mode (raises ``ValueError``)."""
+    model = build(config)
+    load_weights(model, state, f"{config.method} network")
+    model.to(device).eval()
+    return model, dict(model.named_parameters())

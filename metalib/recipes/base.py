@@ -1,0 +1,262 @@
+"""What every recipe shares: a config base class, one run type, resumable training, saving.
+
+A recipe family is one module of :mod:`metalib.recipes` (``sinusoid``, ``maml_omniglot``,
+...). Each defines a frozen dataclass config that inherits :class:`Config`, and the same
+few functions (see :mod:`metalib.recipes`); what they have in common is written here once:
+
+- :class:`Config`: to and from a dict (unknown keys refused with ``ValueError``), the
+  help text of each command-line flag, count checks.
+- :class:`Run`: what ``train`` returns and :func:`metalib.recipes.load` gives back.
+- :func:`fit`: :func:`~metalib.training.train_loop` on a recipe's settings, with a resume
+  file. Stopped (Ctrl-C, a kill, a callback) and run again with the same file, training
+  continues where it stopped and ends with the parameters of an uninterrupted run,
+  bit for bit on a CPU.
+- :func:`save`: a checkpoint pair (``PATH.pt``, ``PATH.json``) of a run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar, NamedTuple
+
+import torch
+from torch import Tensor, nn
+
+from metalib import checkpoints, checks, files, runtime
+from metalib.training import Callback, History, train_loop
+
+
+class Flag(NamedTuple):
+    """How a config field appears on the command line of ``train``.
+
+    Attributes:
+        help: one line for ``--help``.
+        name: the flag, when it is not the field's name (``scheme`` is ``--split``).
+        choices: allowed values; a dict maps each word to the field's value.
+        methods: the methods the field applies to (None: all of the config's recipes).
+    """
+
+    help: str
+    name: str | None = None
+    choices: tuple[str, ...] | dict[str, Any] | None = None
+    methods: tuple[str, ...] | None = None
+
+
+class Config:
+    """Base of every recipe's frozen dataclass config.
+
+    A subclass lists its command-line flags in ``FLAGS`` (field name → :class:`Flag`);
+    fields not listed there (such as ``method``) are fixed by the recipe.
+    """
+
+    FLAGS: ClassVar[dict[str, Flag]] = {}
+
+    @property
+    def recipe(self) -> str:
+        raise NotImplementedError
+
+    def check_counts(self, minimums: dict[str, int]) -> None:
+        """Raise ``ValueError`` unless each named field is an int ≥ its minimum."""
+        for name, minimum in minimums.items():
+            checks.count(name, getattr(self, name), minimum)
+
+    def to_dict(self) -> dict[str, Any]:
+        data = dataclasses.asdict(self)  # type: ignore[call-overload]
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in data.items()}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], *, source: str = "the config") -> Config:
+        """The config that :meth:`to_dict` wrote, checked.
+
+        Raises:
+            ValueError: naming ``source``, for unknown keys or values the config refuses.
+        """
+        fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+        unknown = sorted(set(data) - set(fields))
+        if unknown:
+            raise ValueError(
+                f"{source} has settings {unknown} that {cls.__name__} does not know: it was "
+                "written by another version of metalib; retrain it or remove them."
+            )
+        values = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items()}
+        try:
+            return cls(**values)
+        except (TypeError, ValueError) as error:
+            raise ValueError(f"{source} holds settings {cls.__name__} refuses: {error}") from error
+
+
+@dataclass
+class Run:
+    """A trained (or loaded) recipe: the same type for every family.
+
+    Attributes:
+        config: the recipe's config.
+        model: the network, in eval mode after training.
+        params: every trained tensor by the name it is saved under: the model's
+            parameters, or MAML's meta-parameters kept apart from the model, plus
+            Meta-SGD's step sizes (``inner_lr.<name>``).
+        history: what training did; None for a loaded checkpoint.
+        device: where the model lives.
+        sidecar: the checkpoint's JSON sidecar; None for a run trained in this process.
+    """
+
+    config: Any
+    model: nn.Module
+    params: dict[str, Tensor]
+    history: History | None
+    device: torch.device
+    sidecar: dict[str, Any] | None = None
+
+    @property
+    def finished(self) -> bool:
+        """Whether training ran all of ``config.meta_steps``."""
+        return self.history is not None and self.history.steps == self.config.meta_steps
+
+
+def resume_path_of(path: str | os.PathLike[str]) -> Path:
+    """``PATH.resume.pt``: where training to ``PATH`` keeps its state until it finishes."""
+    pt_path, _ = checkpoints.paths(path)
+    return pt_path.with_name(pt_path.name.removesuffix(".pt") + ".resume.pt")
+
+
+def fit(
+    step_loss: Callable[[int], Tensor],
+    params: dict[str, Tensor],
+    config: Any,
+    *,
+    model: nn.Module,
+    generator: torch.Generator,
+    callback: Callback | None = None,
+    progress: bool = True,
+    resume_path: str | os.PathLike[str] | None = None,
+    save_every: int = 200,
+) -> History:
+    """Adam on ``params`` for ``config.meta_steps`` steps of ``step_loss``, resumably.
+
+    Args:
+        step_loss: the loss of outer step ``step``, sampling its batch with ``generator``.
+        params: leaf tensors, updated in place.
+        config: gives ``meta_steps``, ``outer_lr``, ``outer_lr_schedule``, ``recipe``
+            and, for the halving schedule, ``halve_every``.
+        model: the network (its buffers, e.g. running statistics, are saved too).
+        generator: the CPU generator every batch is drawn with.
+        resume_path: a file for the training state (parameters, buffers, Adam's state,
+            the generators' states, the losses so far), written atomically every
+            ``save_every`` steps, at the end and on Ctrl-C. If it exists, training
+            continues from it.
+
+    Raises:
+        ValueError: if ``generator`` is not a CPU generator, or ``resume_path`` is
+            unreadable or holds another configuration's state.
+    """
+    if generator.device.type != "cpu":
+        raise ValueError(
+            f"the sampling generator is on {generator.device}: use torch.Generator() (CPU), "
+            "so that a seed draws the same batches on every device."
+        )
+    boundary: list = [0, generator.get_state(), torch.get_rng_state()]
+
+    def step(index: int) -> Tensor:
+        boundary[:] = [index, generator.get_state(), torch.get_rng_state()]
+        return step_loss(index)
+
+    resume, save_state = None, None
+    if resume_path is not None:
+        path = Path(resume_path)
+        if path.is_file():
+            resume = _read_state(path, config, model, params, generator)
+
+        def save_state(loop: dict) -> None:
+            at_boundary = boundary[0] == loop["step"]  # stopped inside a step: its start
+            blob = {
+                "recipe": config.recipe,
+                "config": config.to_dict(),
+                "params": {k: v.detach().cpu() for k, v in params.items()},
+                "buffers": {k: v.cpu() for k, v in model.named_buffers()},
+                "generator": boundary[1] if at_boundary else generator.get_state(),
+                "rng": boundary[2] if at_boundary else torch.get_rng_state(),
+                "loop": loop,
+            }
+            buffer = io.BytesIO()
+            torch.save(blob, buffer)
+            files.atomic_write(path, buffer.getvalue())
+
+    return train_loop(
+        step,
+        params,
+        meta_steps=config.meta_steps,
+        outer_lr=config.outer_lr,
+        outer_lr_schedule=config.outer_lr_schedule,
+        halve_every=getattr(config, "halve_every", 2_000),
+        callback=callback,
+        progress=progress,
+        description=config.recipe,
+        resume=resume,
+        save_state=save_state,
+        save_every=save_every,
+    )
+
+
+def _read_state(path: Path, config, model: nn.Module, params: dict, generator) -> dict:
+    """Restore parameters, buffers and generators from a training state; return the loop's."""
+    try:
+        blob = torch.load(path, map_location="cpu", weights_only=True)
+        loop = blob["loop"]
+    except Exception as error:  # torch raises several types for corrupt files
+        raise ValueError(
+            f"training state {path} cannot be read ({error}): delete it to start afresh."
+        ) from error
+    if blob.get("recipe") != config.recipe or blob.get("config") != config.to_dict():
+        raise ValueError(
+            f"training state {path} belongs to another configuration ({blob.get('recipe')}, "
+            f"{blob.get('config')}): delete it or pass the same hyperparameters."
+        )
+    buffers = dict(model.named_buffers())
+    if set(blob["params"]) != set(params) or set(blob["buffers"]) != set(buffers):
+        raise ValueError(f"training state {path} holds other tensors than this model's.")
+    with torch.no_grad():
+        for name, value in blob["params"].items():
+            params[name].copy_(value)
+        for name, value in blob["buffers"].items():
+            buffers[name].copy_(value)
+    generator.set_state(blob["generator"])
+    torch.set_rng_state(blob["rng"])
+    return loop
+
+
+def save(
+    run: Run,
+    path: str | os.PathLike[str],
+    *,
+    state_dict: dict[str, Tensor],
+    metrics: dict[str, Any] | None = None,
+    command: str | None = None,
+) -> tuple[Path, Path]:
+    """Write ``run`` as ``PATH.pt`` and ``PATH.json`` (see :mod:`metalib.checkpoints`)."""
+    return checkpoints.save(
+        path,
+        recipe=run.config.recipe,
+        config=run.config.to_dict(),
+        state_dict=state_dict,
+        metrics=metrics,
+        device=runtime.describe_device(run.device),
+        wall_time_s=None if run.history is None else round(run.history.seconds, 2),
+        command=command,
+    )
+
+
+def load_weights(model: nn.Module, state_dict: dict[str, Tensor], what: str) -> None:
+    """``model.load_state_dict(state_dict)``, strictly, with a ``ValueError`` on mismatch."""
+    expected = set(model.state_dict())
+    if set(state_dict) != expected:
+        missing, extra = sorted(expected - set(state_dict)), sorted(set(state_dict) - expected)
+        raise ValueError(f"it does not hold a {what}'s weights (missing {missing}, extra {extra})")
+    try:
+        model.load_state_dict(state_dict)
+    except RuntimeError as error:
+        raise ValueError(f"its weights do not fit a {what}: {error}") from error
