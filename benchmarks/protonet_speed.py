@@ -11,9 +11,9 @@ Run from the repository root with the archives in the data directory (``make ben
 2. With ``--to-target``: trains the recipe of
    :class:`~metalib.recipes.metric_omniglot.MetricConfig` until the 5-way 1-shot accuracy
    over ``--eval-episodes`` test episodes reaches the target (the paper's 98.8%),
-   evaluating every ``--eval-every`` episodes, or until ``--max-minutes`` of training. It prints training time without and with evaluation.
-   The course's targets: under 3 minutes on one H100-class GPU; on 2 CPU cores, 98% within
-   30 minutes.
+   evaluating every ``--eval-every`` episodes, or until ``--max-minutes`` of training. It
+   prints training time without and with evaluation. The course's targets: under 3 minutes
+   on one H100-class GPU; on 2 CPU cores, 98% within 30 minutes.
 
 It prints the device, a table and one JSON line with every number.
 """
