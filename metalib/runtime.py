@@ -54,16 +54,18 @@ def checkpoint_dir() -> Path:
     return REPO_ROOT / "data" / "checkpoints"
 
 
-def device(preference: str | None = None) -> torch.device:
+def device(preference: str | torch.device | None = None) -> torch.device:
     """Choose a device: the preference, else ``METALIB_DEVICE``, else cuda, mps, cpu.
 
     Args:
-        preference: ``"cuda"``, ``"cuda:1"``, ``"mps"``, ``"cpu"`` or None for automatic.
+        preference: ``"cuda"``, ``"cuda:1"``, ``"mps"``, ``"cpu"`` (or a ``torch.device``),
+            or None for automatic.
 
     Raises:
         ValueError: if the requested device is unknown or not available here.
     """
-    name = preference or os.environ.get("METALIB_DEVICE") or None
+    name = str(preference) if preference is not None else os.environ.get("METALIB_DEVICE")
+    name = name or None
     if name is None:
         if torch.cuda.is_available():
             return torch.device("cuda")

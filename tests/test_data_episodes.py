@@ -1,5 +1,7 @@
 """The episode sampler: shapes, labels, disjointness, content, seeds, bad input."""
 
+from types import SimpleNamespace
+
 import pytest
 import torch
 
@@ -118,13 +120,24 @@ def test_bad_task_count(sampler):
         sampler.sample(0, generator=torch.Generator())
 
 
+def test_a_device_generator_is_refused(sampler):
+    cuda_generator = SimpleNamespace(device=torch.device("cuda"))
+    with pytest.raises(ValueError, match=r"torch.Generator\(\) \(CPU\)"):
+        sampler.sample(1, generator=cuda_generator)
+
+
+@pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-def test_episodes_stay_on_the_gpu(small):
+def test_episodes_stay_on_the_gpu_and_match_the_cpus(small):
     classes = splits.class_split(small, scheme="lake", split="train")
-    sampler = episodes.EpisodeSampler(small, classes, device="cuda")
-    batch = sampler.sample(32, generator=torch.Generator(device="cuda").manual_seed(0))
+    on_gpu = episodes.EpisodeSampler(small, classes, device="cuda")
+    batch = on_gpu.sample(32, generator=torch.Generator().manual_seed(0))
     assert all(t.device.type == "cuda" for t in batch)
     assert batch.x_query.shape == (32, 75, 1, 28, 28)
+    on_cpu = episodes.EpisodeSampler(small, classes).sample(
+        32, generator=torch.Generator().manual_seed(0)
+    )
+    assert all(torch.equal(g.cpu(), c) for g, c in zip(batch, on_cpu)), "the same episodes"
 
 
 def test_with_shape_shares_the_images_and_checks_the_new_shape(sampler):

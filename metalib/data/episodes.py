@@ -124,7 +124,8 @@ class EpisodeSampler:
     def sample_indices(
         self, tasks: int, *, generator: torch.Generator
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Random classes and drawers for ``tasks`` episodes.
+        """Random classes and drawers for ``tasks`` episodes, drawn by a CPU ``generator``
+        and moved to the sampler's device (the same episodes on every device).
 
         Returns:
             ``classes`` ``(tasks, n_way)``, indices into the split (label ``j`` of task
@@ -132,11 +133,13 @@ class EpisodeSampler:
             ``(tasks, n_way, k_shot + k_query)``, distinct per class, support first.
         """
         checks.count("tasks", tasks, 1)
-        where = generator.device
+        if generator.device.type != "cpu":
+            raise ValueError(
+                f"the generator is on {generator.device}: draw episodes with torch.Generator() "
+                "(CPU), so that a seed names the same episodes on every device."
+            )
         classes = _choose(tasks, self.n_way, len(self.classes), generator)  # (tasks, n_way)
-        drawers = torch.rand(
-            tasks, self.n_way, self.images.shape[1], generator=generator, device=where
-        )
+        drawers = torch.rand(tasks, self.n_way, self.images.shape[1], generator=generator)
         drawers = drawers.argsort(dim=-1)[..., : self.k_shot + self.k_query]  # (tasks, n_way, k+q)
         return classes.to(self.device), drawers.to(self.device)
 

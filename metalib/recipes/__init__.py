@@ -115,7 +115,7 @@ def load(
     config = config_class.from_dict(blob["config"], source=f"checkpoint {pt_path}")
     if config.recipe != recipe:
         raise ValueError(f"checkpoint {pt_path} says recipe {recipe!r} but holds {config.recipe}.")
-    dev = runtime.device(None if device is None else str(device))
+    dev = runtime.device(device)
     try:
         model, params = found.restore(config, blob["state_dict"], dev)
     except ValueError as error:

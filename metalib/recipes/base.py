@@ -250,6 +250,16 @@ def save(
     )
 
 
+def restore_module(
+    model: nn.Module, state_dict: dict[str, Tensor], device: torch.device, what: str
+) -> tuple[nn.Module, dict[str, Tensor]]:
+    """``model`` with the weights of ``state_dict``, on ``device`` in eval mode, and its
+    parameters: the ``restore`` of a family whose run trains the model's own parameters."""
+    load_weights(model, state_dict, what)
+    model.to(device).eval()
+    return model, dict(model.named_parameters())
+
+
 def load_weights(model: nn.Module, state_dict: dict[str, Tensor], what: str) -> None:
     """``model.load_state_dict(state_dict)``, strictly, with a ``ValueError`` on mismatch."""
     expected = set(model.state_dict())

@@ -11,7 +11,6 @@ in the paper (the model should also reproduce what it was told). Taught in
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from typing import Any, ClassVar, NamedTuple
 
@@ -21,9 +20,9 @@ from torch import Tensor
 from metalib import checks, runtime, training
 from metalib.algorithms import cnp
 from metalib.evaluation import held_out_tasks
-from metalib.recipes.base import Config, Flag, Run, fit, load_weights
+from metalib.recipes.base import Config, Flag, Run, fit, restore_module
 from metalib.tasks import SinusoidTasks, TaskBatch
-from metalib.training import Callback, mean_ci95
+from metalib.training import mean_ci95
 
 RECIPES = {
     "cnp-sinusoid": "a conditional neural process (Garnelo et al. 2018): no gradient steps at "
@@ -84,13 +83,13 @@ def train(
     config: CNPConfig,
     *,
     device: torch.device | str | None = None,
-    callback: Callback | None = None,
-    progress: bool = True,
-    resume_path: str | os.PathLike[str] | None = None,
-    save_every: int = 200,
+    **loop: Any,
 ) -> Run:
-    """Train a fresh CNP by maximising the targets' log-likelihood over random tasks."""
-    dev = runtime.device(None if device is None else str(device))
+    """Train a fresh CNP by maximising the targets' log-likelihood over random tasks.
+
+    ``loop`` goes to :func:`metalib.recipes.base.fit` (``callback``, ``resume_path``, ...).
+    """
+    dev = runtime.device(device)
     torch.manual_seed(config.seed)
     model = build(config).to(dev)
     family = SinusoidTasks()
@@ -107,17 +106,7 @@ def train(
         return cnp.gaussian_nll(mean, std, y_target)
 
     params = dict(model.named_parameters())
-    history = fit(
-        step_loss,
-        params,
-        config,
-        model=model,
-        generator=generator,
-        callback=callback,
-        progress=progress,
-        resume_path=resume_path,
-        save_every=save_every,
-    )
+    history = fit(step_loss, params, config, model=model, generator=generator, **loop)
     return Run(config, model.eval(), params, history, dev)
 
 
@@ -182,7 +171,4 @@ def restore(
     config: CNPConfig, state: dict[str, Tensor], device: torch.device
 ) -> tuple[cnp.CNP, dict[str, Tensor]]:
     """The CNP of a checkpoint's ``state``, in eval mode (raises ``ValueError``)."""
-    model = build(config)
-    load_weights(model, state, f"CNP of width {config.hidden}")
-    model.to(device).eval()
-    return model, dict(model.named_parameters())
+    return restore_module(build(config), state, device, f"CNP of width {config.hidden}")

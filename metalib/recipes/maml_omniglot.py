@@ -1,4 +1,4 @@
-"""Few-shot classification on Omniglot with MAML and FOMAML: configuration, training, accuracy.
+"""``maml-omniglot`` and ``fomaml-omniglot``: few-shot classification with MAML.
 
 The recipe is MAML's (Finn et al. 2017, section 5.2, arXiv:1703.03400): the 4-block
 :class:`~metalib.models.ConvNet` with transductive batch norm, cross-entropy in the inner
@@ -6,7 +6,8 @@ and outer loop, and per-step query accuracy over held-out episodes with a 95% in
 :meth:`OmniglotConfig.paper` gives the paper's settings: 5-way with inner step 0.4, one
 inner step in training and three at test, 32 tasks per outer step; 20-way with 0.1, five
 steps and 16 tasks; Adam with β = 0.001 for 60,000 outer steps. Episodes come from
-:class:`~metalib.data.episodes.EpisodeSampler` on the training device, and the meta-loss
+:class:`~metalib.data.episodes.EpisodeSampler` (indices drawn on the CPU, images gathered on
+the training device), and the meta-loss
 is :func:`~metalib.algorithms.maml.meta_loss` (``vmap`` over the meta-batch), as for
 sinusoids. Taught in ``05_maml_omniglot``.
 """
@@ -14,7 +15,6 @@ sinusoids. Taught in ``05_maml_omniglot``.
 from __future__ import annotations
 
 import dataclasses
-import os
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -28,7 +28,7 @@ from metalib.data import episodes, omniglot, splits
 from metalib.evaluation import TEST_K_QUERY, TEST_SEED, test_generator
 from metalib.models import ConvNet, clone_parameters, parameters_of
 from metalib.recipes.base import Config, Flag, Run, fit, load_weights
-from metalib.training import Callback, Curve, accuracy, check_outer_lr
+from metalib.training import Curve, accuracy, check_outer_lr
 
 METHODS = ("maml", "fomaml")
 RECIPES = {
@@ -153,12 +153,9 @@ def train(
     *,
     data: omniglot.Omniglot | None = None,
     device: torch.device | str | None = None,
-    callback: Callback | None = None,
-    progress: bool = True,
-    resume_path: str | os.PathLike[str] | None = None,
-    save_every: int = 200,
     params: dict[str, Tensor] | None = None,
     model: nn.Module | None = None,
+    **loop: Any,
 ) -> Run:
     """Meta-train a ConvNet with ``config`` on the training classes.
 
@@ -168,14 +165,13 @@ def train(
         params: leaf tensors to start from and update in place (for example to
             evaluate them from a callback while training runs); default: a copy of the
             model's parameters.
-        resume_path: see :func:`metalib.recipes.base.fit`: stopped and run again, training
-            ends with the same parameters as an uninterrupted run (exactly on a CPU).
+        loop: goes to :func:`metalib.recipes.base.fit` (``callback``, ``resume_path``, ...).
 
     Raises:
         ValueError: if ``resume_path`` holds the state of a different configuration, or
             ``params`` do not have the model's parameter names.
     """
-    dev = runtime.device(None if device is None else str(device))
+    dev = runtime.device(device)
     data = omniglot.load() if data is None else data
     sampler = sampler_for(data, config, split="train", device=dev)
     torch.manual_seed(config.seed)
@@ -202,17 +198,7 @@ def train(
             first_order=config.first_order,
         )
 
-    history = fit(
-        step_loss,
-        params,
-        config,
-        model=model,
-        generator=generator,
-        callback=callback,
-        progress=progress,
-        resume_path=resume_path,
-        save_every=save_every,
-    )
+    history = fit(step_loss, params, config, model=model, generator=generator, **loop)
     return Run(config, model, params, history, dev)
 
 

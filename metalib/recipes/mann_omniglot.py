@@ -9,7 +9,6 @@ test episodes of the same split. Taught in ``notebooks/07_model_based.ipynb``.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from typing import Any, ClassVar, NamedTuple
 
@@ -21,8 +20,8 @@ from metalib import checks, runtime, training
 from metalib.algorithms import mann
 from metalib.data import episodes, omniglot, splits
 from metalib.evaluation import TEST_SEED, test_generator
-from metalib.recipes.base import Config, Flag, Run, fit, load_weights
-from metalib.training import Callback, mean_ci95
+from metalib.recipes.base import Config, Flag, Run, fit, restore_module
+from metalib.training import mean_ci95
 
 RECIPES = {
     "mann-omniglot": "a memory-augmented neural network (Santoro et al. 2016) reading "
@@ -122,13 +121,13 @@ def train(
     *,
     data: omniglot.Omniglot | None = None,
     device: torch.device | str | None = None,
-    callback: Callback | None = None,
-    progress: bool = True,
-    resume_path: str | os.PathLike[str] | None = None,
-    save_every: int = 200,
+    **loop: Any,
 ) -> Run:
-    """Train a fresh MANN with cross-entropy at every step of random training sequences."""
-    dev = runtime.device(None if device is None else str(device))
+    """Train a fresh MANN with cross-entropy at every step of random training sequences.
+
+    ``loop`` goes to :func:`metalib.recipes.base.fit` (``callback``, ``resume_path``, ...).
+    """
+    dev = runtime.device(device)
     data = omniglot.load() if data is None else data
     sampler = sequence_sampler(data, config, split="train", device=dev)
     torch.manual_seed(config.seed)
@@ -141,17 +140,7 @@ def train(
         return F.cross_entropy(logits.flatten(0, 1), y.flatten())
 
     params = dict(model.named_parameters())
-    history = fit(
-        step_loss,
-        params,
-        config,
-        model=model,
-        generator=generator,
-        callback=callback,
-        progress=progress,
-        resume_path=resume_path,
-        save_every=save_every,
-    )
+    history = fit(step_loss, params, config, model=model, generator=generator, **loop)
     return Run(config, model.eval(), params, history, dev)
 
 
@@ -237,7 +226,4 @@ def restore(
     config: MANNConfig, state: dict[str, Tensor], device: torch.device
 ) -> tuple[mann.MANN, dict[str, Tensor]]:
     """The MANN of a checkpoint's ``state``, in eval mode (raises ``ValueError``)."""
-    model = build(config)
-    load_weights(model, state, "MANN of the sizes its settings describe")
-    model.to(device).eval()
-    return model, dict(model.named_parameters())
+    return restore_module(build(config), state, device, "MANN of the sizes its settings describe")

@@ -1,4 +1,4 @@
-"""The metric-based family on Omniglot: Prototypical, Matching and Siamese networks.
+"""``protonet-``, ``matching-`` and ``siamese-omniglot``: the metric-based family.
 
 One configuration, one training function, one evaluation and one checkpoint format for
 the three methods of :mod:`metalib.algorithms.protonet`, :mod:`~metalib.algorithms.matching`
@@ -12,7 +12,6 @@ halved every 2,000 episodes, batch norm with running statistics at test time. Ta
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -25,8 +24,7 @@ from metalib.algorithms import matching, protonet, siamese
 from metalib.data import episodes, omniglot, splits
 from metalib.evaluation import TEST_SEED, Score, accuracy_over_episodes, evaluation_sampler, score
 from metalib.models import ConvEmbedding
-from metalib.recipes.base import Config, Flag, Run, fit, load_weights
-from metalib.training import Callback
+from metalib.recipes.base import Config, Flag, Run, fit, restore_module
 
 METHODS = ("protonet", "matching", "siamese")
 RECIPES = {
@@ -134,24 +132,21 @@ def train(
     *,
     data: omniglot.Omniglot | None = None,
     device: torch.device | str | None = None,
-    callback: Callback | None = None,
-    progress: bool = True,
-    resume_path: str | os.PathLike[str] | None = None,
-    save_every: int = 200,
     model: nn.Module | None = None,
+    **loop: Any,
 ) -> Run:
     """Train ``config.method`` on the training classes of ``config.scheme``.
 
     Args:
         model: a network to train in place (for example to evaluate it from a
             callback); default: a fresh one seeded with ``config.seed``.
-        resume_path: see :func:`metalib.recipes.base.fit`.
+        loop: goes to :func:`metalib.recipes.base.fit` (``callback``, ``resume_path``, ...).
 
     Raises:
         ValueError: if ``train_way`` exceeds the training classes, or ``k_shot +
             k_query`` the 20 drawers.
     """
-    dev = runtime.device(None if device is None else str(device))
+    dev = runtime.device(device)
     data = omniglot.load() if data is None else data
     classes = splits.class_split(data, scheme=config.scheme, split="train")
     sampler = episodes.EpisodeSampler(
@@ -172,17 +167,7 @@ def train(
         return episode_loss(model, config, batch)
 
     params = dict(model.named_parameters())
-    history = fit(
-        step_loss,
-        params,
-        config,
-        model=model,
-        generator=generator,
-        callback=callback,
-        progress=progress,
-        resume_path=resume_path,
-        save_every=save_every,
-    )
+    history = fit(step_loss, params, config, model=model, generator=generator, **loop)
     return Run(config, model.eval(), params, history, dev)
 
 
@@ -297,7 +282,4 @@ def restore(
     config: MetricConfig, state: dict[str, Tensor], device: torch.device
 ) -> tuple[nn.Module, dict[str, Tensor]]:
     """The network of a checkpoint's ``state``, in eval mode (raises ``ValueError``)."""
-    model = build(config)
-    load_weights(model, state, f"{config.method} network")
-    model.to(device).eval()
-    return model, dict(model.named_parameters())
+    return restore_module(build(config), state, device, f"{config.method} network")

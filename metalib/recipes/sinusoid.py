@@ -10,7 +10,6 @@ the notebooks and the benchmarks all train through :func:`train` and load throug
 
 from __future__ import annotations
 
-import os
 import time
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -24,7 +23,7 @@ from metalib.evaluation import TEST_SEED, held_out_tasks
 from metalib.models import SinusoidMLP, parameters_of
 from metalib.recipes.base import Config, Flag, Run, fit, load_weights
 from metalib.tasks import SinusoidTasks
-from metalib.training import Callback, Curve, check_outer_lr
+from metalib.training import Curve, check_outer_lr
 
 METHODS = ("maml", "fomaml", "reptile", "meta-sgd", "anil", "pretrain")
 # What differs from the shared defaults, per method (see each module for why).
@@ -195,17 +194,13 @@ def train(
     config: SinusoidConfig,
     *,
     device: torch.device | str | None = None,
-    callback: Callback | None = None,
-    progress: bool = True,
-    resume_path: str | os.PathLike[str] | None = None,
-    save_every: int = 200,
+    **loop: Any,
 ) -> Run:
     """Train a fresh learner with ``config`` on ``device`` (automatic if None).
 
-    ``resume_path``: see :func:`metalib.recipes.base.fit` (stopped and run again, it
-    ends with the parameters of an uninterrupted run).
+    ``loop`` goes to :func:`metalib.recipes.base.fit` (``callback``, ``resume_path``, ...).
     """
-    dev = runtime.device(None if device is None else str(device))
+    dev = runtime.device(device)
     learner = make_learner(config, dev)
     trainable = dict(learner.params)
     if isinstance(learner.inner_lr, dict):
@@ -217,10 +212,7 @@ def train(
         config,
         model=learner.model,
         generator=generator,
-        callback=callback,
-        progress=progress,
-        resume_path=resume_path,
-        save_every=save_every,
+        **loop,
     )
     if isinstance(learner.inner_lr, dict):
         meta_sgd.check_inner_lr(learner.inner_lr, learner.params)
@@ -338,7 +330,7 @@ def outer_steps_per_second(
     """
     checks.positive_number("seconds", seconds)
     config = config or SinusoidConfig()
-    dev = runtime.device(None if device is None else str(device))
+    dev = runtime.device(device)
     learner = make_learner(config, dev)
     step_loss = step_loss_fn(learner, dev, meta_loss_fn=meta_loss_fn)
     optimizer = torch.optim.Adam(learner.params.values(), lr=config.outer_lr)

@@ -3,7 +3,7 @@
 ``transfer-omniglot`` trains :class:`~metalib.algorithms.transfer.PretrainedClassifier`
 on every image of the training classes of a split (rotations included, as for the
 meta-learners), in ordinary shuffled batches with no episodes. It is evaluated on exactly
-the test episodes of chapters 05 and 06 (:func:`metalib.metric.accuracy_over_episodes`),
+the test episodes of chapters 05 and 06 (:func:`metalib.evaluation.accuracy_over_episodes`),
 by fitting a new head to each support set (or fine-tuning the whole network). Chen et
 al. (2019, "A Closer Look at Few-shot Classification") showed that such a baseline,
 well trained, is competitive with meta-learners; chapter 08 reports what it does here.
@@ -11,7 +11,6 @@ well trained, is competitive with meta-learners; chapter 08 reports what it does
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -24,7 +23,6 @@ from metalib.algorithms import transfer
 from metalib.data import episodes, omniglot, splits
 from metalib.evaluation import Score, accuracy_over_episodes, evaluation_sampler, score
 from metalib.recipes.base import Config, Flag, Run, fit, load_weights
-from metalib.training import Callback
 
 FINE_TUNE = ("head", "whole")
 RECIPES = {
@@ -102,13 +100,13 @@ def train(
     *,
     data: omniglot.Omniglot | None = None,
     device: torch.device | str | None = None,
-    callback: Callback | None = None,
-    progress: bool = True,
-    resume_path: str | os.PathLike[str] | None = None,
-    save_every: int = 200,
+    **loop: Any,
 ) -> Run:
-    """Train a classifier over all training classes with cross-entropy on random batches."""
-    dev = runtime.device(None if device is None else str(device))
+    """Train a classifier over all training classes with cross-entropy on random batches.
+
+    ``loop`` goes to :func:`metalib.recipes.base.fit` (``callback``, ``resume_path``, ...).
+    """
+    dev = runtime.device(device)
     data = omniglot.load() if data is None else data
     images = training_images(data, config.scheme, dev)  # (classes, drawers, 28, 28) uint8
     n_classes, drawers = images.shape[:2]
@@ -123,17 +121,7 @@ def train(
         return F.cross_entropy(model(x), index // drawers)
 
     params = dict(model.named_parameters())
-    history = fit(
-        step_loss,
-        params,
-        config,
-        model=model,
-        generator=generator,
-        callback=callback,
-        progress=progress,
-        resume_path=resume_path,
-        save_every=save_every,
-    )
+    history = fit(step_loss, params, config, model=model, generator=generator, **loop)
     return Run(config, model.eval(), params, history, dev)
 
 
