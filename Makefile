@@ -6,6 +6,9 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.metalib-installed
 CELL_TIMEOUT ?= 300
 NOTEBOOKS := $(sort $(wildcard notebooks/[0-9][0-9]_*.ipynb))
+# The chapters whose training cells have a full-budget branch (a GPU's default), run a
+# second time by `make test` with that branch chosen, at quick-mode sizes.
+FULL_BUDGET_NOTEBOOKS := $(sort $(wildcard notebooks/0[5-7]_*.ipynb))
 # Data settings (README, "Settings"): a relative METALIB_DATA or METALIB_CACHE given to make
 # is made absolute, because notebooks run with notebooks/ as their working directory.
 ifdef METALIB_DATA
@@ -33,10 +36,13 @@ lab: install
 	$(BIN)/jupyter lab $(LAB_ARGS) notebooks/
 
 # Unit tests (the browser tests among them, skipped with the reason where Chromium is missing),
-# then every notebook under nbval in quick mode, then the linter.
+# then every notebook under nbval in quick mode with the demo budget, then chapters 05-07
+# again with the full-budget branch of their training cells, then the linter.
 test: install
-	METALIB_QUICK=1 $(BIN)/python -m pytest tests/ \
+	METALIB_QUICK=1 METALIB_BUDGET=demo $(BIN)/python -m pytest tests/ \
 	    --nbval-lax --nbval-current-env --nbval-cell-timeout=$(CELL_TIMEOUT) $(NOTEBOOKS)
+	METALIB_QUICK=1 METALIB_BUDGET=full $(BIN)/python -m pytest -p no:cacheprovider \
+	    --nbval-lax --nbval-current-env --nbval-cell-timeout=$(CELL_TIMEOUT) $(FULL_BUDGET_NOTEBOOKS)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 

@@ -25,7 +25,7 @@ import sys
 import threading
 from collections.abc import Sequence
 
-from metalib import checkpoints, runtime
+from metalib import checkpoints, full_budget, runtime
 from metalib.data import omniglot, splits
 from metalib.recipes import RECIPES, base, family_of
 from metalib.recipes import load as load_run
@@ -104,6 +104,14 @@ def build_parser() -> argparse.ArgumentParser:
             default=200,
             help="steps between saves of PATH.resume.pt (default: %(default)s)",
         )
+        sub.add_argument(
+            "--deadline",
+            type=float,
+            default=None,
+            metavar="SECONDS",
+            help="stop at the first step boundary after SECONDS of training, keep "
+            "PATH.resume.pt and exit with code 3 (the same command goes on)",
+        )
         sub.add_argument("--device", default=None, help="cuda, mps or cpu (default: automatic)")
         sub.add_argument("--no-progress", action="store_true", help="hide the progress bar")
 
@@ -128,19 +136,31 @@ def build_parser() -> argparse.ArgumentParser:
         "rotations and images.",
     )
     data.add_argument("--no-download", action="store_true", help="fail instead of downloading")
+
+    gpu = commands.add_parser(
+        "full-budget",
+        help="train every paper-budget Omniglot checkpoint, resumably, inside a deadline",
+        description=full_budget.__doc__.split("\n\n")[1],
+    )
+    full_budget.add_arguments(gpu)
     return parser
 
 
-def _train(args: argparse.Namespace, argv: Sequence[str]) -> dict:
+def config_of(args: argparse.Namespace) -> base.Config:
+    """The config that ``train RECIPE FLAGS`` trains: the recipe's, with the flags given."""
     family = RECIPES[args.recipe]
-    defaults = family.config(args.recipe)
     overrides = {}
-    for name, flag in defaults.FLAGS.items():
+    for name, flag in family.config(args.recipe).FLAGS.items():
         value = getattr(args, name, None)
         if value is not None:
             choices = flag.choices if isinstance(flag.choices, dict) else {}
             overrides[name] = choices.get(value, tuple(value) if isinstance(value, list) else value)
-    config = family.config(args.recipe, **overrides)
+    return family.config(args.recipe, **overrides)
+
+
+def _train(args: argparse.Namespace, argv: Sequence[str]) -> dict:
+    family = RECIPES[args.recipe]
+    config = config_of(args)
     pt_path, _ = checkpoints.paths(args.out)
     if not pt_path.parent.is_dir():
         raise FileNotFoundError(
@@ -153,7 +173,10 @@ def _train(args: argparse.Namespace, argv: Sequence[str]) -> dict:
         progress=not args.no_progress,
         resume_path=resume_path,
         save_every=args.save_every,
+        callback=None if args.deadline is None else base.deadline(args.deadline),
     )
+    if not run.finished:
+        raise Stopped(f"stopped after {run.history.steps} of {config.meta_steps} steps")
     episodes = {} if family.TEST_EPISODES is None else {"episodes": args.episodes}
     losses = run.history.losses
     tail = losses[-100:] or [float("nan")]
@@ -217,6 +240,10 @@ def _data(args: argparse.Namespace) -> dict:
     }
 
 
+class Stopped(Exception):
+    """Training stopped before its last step (a deadline): its state is kept."""
+
+
 def _interrupt(signum, frame) -> None:
     raise KeyboardInterrupt  # a kill stops training like Ctrl-C: the resume state is saved
 
@@ -224,7 +251,11 @@ def _interrupt(signum, frame) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
-    commands = {"train": lambda: _train(args, argv), "evaluate": lambda: _evaluate(args)}
+    commands = {
+        "train": lambda: _train(args, argv),
+        "evaluate": lambda: _evaluate(args),
+        "full-budget": lambda: full_budget.run(args),
+    }
     trains = args.command == "train"
     on_kill = trains and threading.current_thread() is threading.main_thread()
     previous = signal.signal(signal.SIGTERM, _interrupt) if on_kill else None
@@ -233,12 +264,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ValueError, OSError, FloatingPointError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, Stopped) as stop:
         if not trains:
             raise
         resume = base.resume_path_of(args.out)
-        print(f"stopped: the state is in {resume}; run the same command to go on.", file=sys.stderr)
-        return 130
+        what = str(stop) or "stopped"
+        print(f"{what}: the state is in {resume}; run the same command to go on.", file=sys.stderr)
+        return 3 if isinstance(stop, Stopped) else 130
     finally:
         if on_kill:
             signal.signal(signal.SIGTERM, previous)

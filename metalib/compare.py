@@ -175,6 +175,23 @@ def omniglot_rows(entries: list[Entry]) -> list[dict]:
     return sorted(rows, key=lambda r: (SETTINGS.index(r["setting"]), -r["mean"]))
 
 
+def trained_on(rows: list[dict], kind: str) -> list[dict]:
+    """The rows of checkpoints trained on a device of ``kind`` (``"cpu"`` or ``"cuda"``).
+
+    Chapter 08's claims about the course's CPU budgets are checked on the CPU-trained rows,
+    so checkpoints trained at the papers' budgets on a GPU join the tables without
+    changing what those claims say.
+    """
+    return [r for r in rows if r["train_device"].split(" ")[0] == kind]
+
+
+def ms_per_task(record: dict, checkpoint: str) -> float | None:
+    """A checkpoint's test-time cost in a :func:`test_time_cost` record, or None if the
+    benchmark has not timed it (run ``benchmarks/test_time_cost.py --save`` again)."""
+    timed = {**record.get("omniglot", {}), **record.get("sinusoid", {})}
+    return timed[checkpoint]["ms_per_task"] if checkpoint in timed else None
+
+
 def omniglot_table(entries: list[Entry]) -> str:
     """A markdown table of :func:`omniglot_rows`: accuracy in % with 95% intervals."""
     lines = [
@@ -222,6 +239,7 @@ __all__ = [
     "PAPER_SINUSOID",
     "SETTINGS",
     "Entry",
+    "ms_per_task",
     "omniglot_entries",
     "omniglot_rows",
     "omniglot_table",
@@ -229,4 +247,5 @@ __all__ = [
     "sinusoid_entries",
     "sinusoid_table",
     "test_time_cost",
+    "trained_on",
 ]

@@ -85,11 +85,16 @@ def plot_adaptation(
     cmap: str = "Greens",
     index: int = 0,
 ) -> Axes:
-    """Predictions after each number of inner steps in ``steps`` on task ``index``."""
+    """Predictions after each number of inner steps in ``steps`` on task ``index``.
+
+    The task may live on another device than ``params`` (a task drawn on the CPU, a model
+    on a GPU): adaptation runs where ``params`` are.
+    """
     ax = _axes(ax)
     plot_task(task, ax=ax, index=index)
-    x_plot = SinusoidTasks().grid().to(task.x_support.device)  # (200, 1)
-    xs, ys = task.x_support[index], task.y_support[index]
+    where = next(iter(params.values())).device
+    x_plot = SinusoidTasks().grid().to(where)  # (200, 1)
+    xs, ys = task.x_support[index].to(where), task.y_support[index].to(where)
     colors = plt.get_cmap(cmap)
     adapted, done = dict(params), 0
     for i, target in enumerate(sorted(steps)):

@@ -8,7 +8,10 @@ This is the only module of ``metalib`` that looks at environment variables:
   where the Omniglot archives are found or downloaded to;
 - ``METALIB_CACHE`` is where derived files such as the 28×28 Omniglot tensor are written
   (default: the data directory); set it when the data directory is read-only;
-- ``METALIB_DEVICE`` overrides the automatic device choice (cuda, then mps, then cpu).
+- ``METALIB_DEVICE`` overrides the automatic device choice (cuda, then mps, then cpu);
+- ``METALIB_BUDGET`` is ``full`` (train at the papers' budgets; the default on a CUDA
+  machine) or ``demo`` (a short demonstration, then the shipped checkpoint; the default
+  elsewhere). Quick mode shrinks both (see :func:`budget`).
 """
 
 from __future__ import annotations
@@ -35,6 +38,28 @@ def quick() -> bool:
     if value in _FALSE:
         return False
     raise ValueError(f"METALIB_QUICK={value!r} is not a boolean: set it to 1 or 0.")
+
+
+BUDGETS = ("demo", "full")
+
+
+def budget(dev: torch.device | None = None) -> str:
+    """``"full"`` or ``"demo"``: which branch the chapters' training cells take.
+
+    ``METALIB_BUDGET`` if set; otherwise ``"full"`` on a CUDA device (``dev``, default
+    :func:`device`) and ``"demo"`` elsewhere. Quick mode does not change the branch but
+    always wins on sizes: the chapters shrink both branches' step counts under
+    ``METALIB_QUICK=1``, which is how CI runs the full-budget cells on a CPU.
+
+    Raises:
+        ValueError: if ``METALIB_BUDGET`` is neither ``demo`` nor ``full``.
+    """
+    value = os.environ.get("METALIB_BUDGET", "").strip().lower()
+    if value in BUDGETS:
+        return value
+    if value:
+        raise ValueError(f"METALIB_BUDGET={value!r} is not a budget: set it to demo or full.")
+    return "full" if (dev or device()).type == "cuda" else "demo"
 
 
 def data_dir() -> Path:

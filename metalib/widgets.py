@@ -190,18 +190,19 @@ class AdaptationPanel:
         out = {}
         for name in self.models:
             model, params, inner_lr, adapt_only = self._adaptation(name)
+            here = task.to(next(iter(params.values())).device)  # drawn on the CPU
             adapted = maml.adapt(
                 model,
                 params,
-                task.x_support[0],
-                task.y_support[0],
+                here.x_support[0],
+                here.y_support[0],
                 inner_lr=inner_lr,
                 inner_steps=s["inner_steps"],
                 adapt_only=adapt_only,
             )
             with torch.no_grad():
-                prediction = functional_call(model, adapted, (task.x_query[0],))
-            out[name] = F.mse_loss(prediction, task.y_query[0]).item()
+                prediction = functional_call(model, adapted, (here.x_query[0],))
+            out[name] = F.mse_loss(prediction, here.y_query[0]).item()
         return out
 
     def redraw(self) -> None:

@@ -87,3 +87,27 @@ def test_the_shipped_benchmark_record_covers_every_checkpoint():
     assert set(record["omniglot"]) == omniglot
     assert set(record["sinusoid"]) == {e.checkpoint for e in compare.sinusoid_entries()}
     assert all(r["ms_per_task"] > 0 for r in record["omniglot"].values())
+
+
+def test_claims_about_cpu_budgets_read_the_cpu_trained_rows_only():
+    cpu = _entry("MAML", "optimization", {"5-way 1-shot": {"mean": 0.92, "ci95": 0.01}}, name="c")
+    gpu = compare.Entry(
+        "g",
+        "MAML",
+        "optimization",
+        {"5-way 1-shot": {"mean": 0.987, "ci95": 0.004}},
+        {},
+        90.0,
+        60_000,
+        "cuda (NVIDIA H200)",
+    )
+    rows = compare.omniglot_rows([cpu, gpu])
+    assert [r["checkpoint"] for r in rows] == ["g", "c"]
+    assert [r["checkpoint"] for r in compare.trained_on(rows, "cpu")] == ["c"]
+    assert [r["checkpoint"] for r in compare.trained_on(rows, "cuda")] == ["g"]
+
+
+def test_a_checkpoint_the_benchmark_has_not_timed_has_no_cost():
+    record = {"omniglot": {"c": {"ms_per_task": 40.0}}, "sinusoid": {"s": {"ms_per_task": 1.0}}}
+    assert compare.ms_per_task(record, "c") == 40.0 and compare.ms_per_task(record, "s") == 1.0
+    assert compare.ms_per_task(record, "maml_omniglot_5w1s") is None

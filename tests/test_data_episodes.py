@@ -126,20 +126,6 @@ def test_a_device_generator_is_refused(sampler):
         sampler.sample(1, generator=cuda_generator)
 
 
-@pytest.mark.cuda
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-def test_episodes_stay_on_the_gpu_and_match_the_cpus(small):
-    classes = splits.class_split(small, scheme="lake", split="train")
-    on_gpu = episodes.EpisodeSampler(small, classes, device="cuda")
-    batch = on_gpu.sample(32, generator=torch.Generator().manual_seed(0))
-    assert all(t.device.type == "cuda" for t in batch)
-    assert batch.x_query.shape == (32, 75, 1, 28, 28)
-    on_cpu = episodes.EpisodeSampler(small, classes).sample(
-        32, generator=torch.Generator().manual_seed(0)
-    )
-    assert all(torch.equal(g.cpu(), c) for g, c in zip(batch, on_cpu)), "the same episodes"
-
-
 def test_with_shape_shares_the_images_and_checks_the_new_shape(sampler):
     wider = sampler.with_shape(n_way=10, k_shot=3, k_query=4)
     assert wider.images.data_ptr() == sampler.images.data_ptr()

@@ -76,3 +76,16 @@ def test_steal_share_reads_proc_stat_format(tmp_path):
     assert runtime.steal_share(before, runtime.cpu_times(stat)) == pytest.approx(150 / 1000)
     assert runtime.cpu_times(tmp_path / "missing") is None
     assert runtime.steal_share(None, before) is None and runtime.steal_share(before, before) is None
+
+
+def test_budget_follows_the_setting_then_the_device(monkeypatch):
+    monkeypatch.delenv("METALIB_BUDGET", raising=False)
+    assert runtime.budget(torch.device("cpu")) == "demo"
+    assert runtime.budget(torch.device("cuda")) == "full"
+    monkeypatch.setenv("METALIB_BUDGET", "full")
+    assert runtime.budget(torch.device("cpu")) == "full"
+    monkeypatch.setenv("METALIB_BUDGET", "Demo")
+    assert runtime.budget(torch.device("cuda")) == "demo"
+    monkeypatch.setenv("METALIB_BUDGET", "paper")
+    with pytest.raises(ValueError, match=r"METALIB_BUDGET='paper'.*demo or full"):
+        runtime.budget()

@@ -19,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 import io
 import os
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -200,6 +201,13 @@ def fit(
         save_state=save_state,
         save_every=save_every,
     )
+
+
+def deadline(seconds: float) -> Callback:
+    """A training callback that stops at the first step boundary after ``seconds``."""
+    checks.positive_number("deadline", seconds)
+    end = time.monotonic() + seconds
+    return lambda step, loss: time.monotonic() >= end
 
 
 def _read_state(path: Path, config, model: nn.Module, params: dict, generator) -> dict:
