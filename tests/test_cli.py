@@ -432,3 +432,12 @@ def test_evaluate_refuses_options_of_other_recipes(capsys):
     code, _, err = run(["evaluate", maml, "--fine-tune", "head"], capsys)
     assert code == 2 and "--fine-tune does not apply to sinusoid-maml checkpoints" in err
     assert "(they take --k-shot, --tasks, --inner-lr)" in err
+
+
+def test_a_deadline_stops_training_and_keeps_its_state(tmp_path, capsys):
+    argv = ["train", "sinusoid-maml", "--out", str(tmp_path / "m"), "--meta-steps", "100000"]
+    code, _, err = run([*argv, "--deadline", "0.5", "--no-progress", "--device", "cpu"], capsys)
+    assert code == 3 and "of 100000 steps" in err and "run the same command to go on" in err
+    assert (tmp_path / "m.resume.pt").is_file() and not (tmp_path / "m.pt").exists()
+    code, _, err = run([*argv, "--deadline", "0"], capsys)
+    assert code == 2 and "deadline=0" in err

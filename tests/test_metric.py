@@ -128,9 +128,10 @@ def test_embed_episode_gives_queries_and_class_means(tiny):
     )
     model = config.model().train()
     query, protos = metric_omniglot.embed_episode(model, batch, 4)
-    assert query.shape == (3, 60, 64) and protos.shape == (3, 4, 64) and model.training
+    assert query.shape == (3, 60, 64) and protos.shape == (3, 4, 64)
+    assert model.training, "the network is left in the mode it was in"
     with torch.no_grad():
-        support = model(batch.x_support)  # (3, 8, 64)
+        support = model.eval()(batch.x_support)  # (3, 8, 64), running statistics as embedded
     for k in range(4):
         torch.testing.assert_close(
             protos[:, k], support[batch.y_support == k].view(3, 2, 64).mean(1)

@@ -11,6 +11,7 @@ import io
 import json
 import os
 import re
+import shlex
 import signal
 import subprocess
 import sys
@@ -165,7 +166,7 @@ def test_train_help_lists_only_the_recipes_own_flags(recipe, capsys):
         for name, flag in config.FLAGS.items()
         if flag.methods is None or method in flag.methods
     }
-    common = {"--help", "--out", "--save-every", "--device", "--no-progress"}
+    common = {"--help", "--out", "--save-every", "--deadline", "--device", "--no-progress"}
     episodes = set() if family.TEST_EPISODES is None else {"--episodes"}
     assert shown == own | common | episodes
 
@@ -212,3 +213,17 @@ def test_shipped_checkpoints_evaluate_as_before_the_registry(real_omniglot, monk
         with contextlib.redirect_stdout(printed):
             assert cli.main(["evaluate", path, *entry["options"]]) == 0, name
         assert json.loads(printed.getvalue()) == {"checkpoint": path, **entry["output"]}, name
+
+
+@pytest.mark.parametrize("name", checkpoints.shipped())
+def test_the_command_in_every_shipped_sidecar_still_makes_its_config(name):
+    """The generated command line keeps every flag name: each shipped checkpoint's recorded
+    command parses and asks for the configuration the checkpoint holds (settings added
+    since it was made take their defaults)."""
+    sidecar = checkpoints.read_sidecar(checkpoints.path_of(name))
+    argv = shlex.split(sidecar["command"])
+    assert argv[:3] == ["python", "-m", "metalib"]
+    config = cli.config_of(cli.build_parser().parse_args(argv[3:])).to_dict()
+    assert {k: config[k] for k in sidecar["config"]} == sidecar["config"]
+    defaults = RECIPES[sidecar["recipe"]].config(sidecar["recipe"]).to_dict()
+    assert all(config[k] == defaults[k] for k in set(config) - set(sidecar["config"]))
