@@ -39,10 +39,12 @@ def shipped() -> list[str]:
 
 
 def path_of(name_or_path: str | os.PathLike[str]) -> Path:
-    """The ``.pt`` path of a shipped name (``"sinusoid_maml"``), or of a path as it is."""
+    """The ``.pt`` path of ``name_or_path``: a path (``PATH``, ``PATH.pt``, ``PATH.json``),
+    a checkpoint ``NAME.pt`` here, or else a shipped name (``"sinusoid_maml"``)."""
     text = os.fspath(name_or_path)
-    if os.sep in text or text.endswith(".pt") or Path(text).exists():
-        return paths(text)[0]
+    local = paths(text)[0]
+    if os.sep in text or text.endswith((".pt", ".json")) or local.is_file():
+        return local
     path = runtime.checkpoint_dir() / f"{text}.pt"
     if not path.is_file():
         raise FileNotFoundError(
@@ -110,32 +112,19 @@ def read_sidecar(path: str | os.PathLike[str]) -> dict[str, Any]:
         raise FileNotFoundError(
             f"checkpoint sidecar {json_path} not found: retrain with `python -m metalib train`."
         )
-    return json.loads(json_path.read_text())
-
-
-def save_run(
-    run: Any,
-    path: str | os.PathLike[str],
-    *,
-    metrics: dict[str, Any] | None = None,
-    command: str | None = None,
-    state_dict: dict[str, torch.Tensor] | None = None,
-) -> tuple[Path, Path]:
-    """:func:`save` a finished training run: anything with ``config`` (which has ``recipe``
-    and ``to_dict()``), ``model``, ``history`` (with ``seconds``) and ``device``.
-
-    ``state_dict`` replaces ``run.model.state_dict()`` (to keep only part of a network).
-    """
-    return save(
-        path,
-        recipe=run.config.recipe,
-        config=run.config.to_dict(),
-        state_dict=run.model.state_dict() if state_dict is None else state_dict,
-        metrics=metrics,
-        device=runtime.describe_device(run.device),
-        wall_time_s=round(run.history.seconds, 2),
-        command=command,
-    )
+    try:
+        sidecar = json.loads(json_path.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise ValueError(
+            f"checkpoint sidecar {json_path} is not JSON ({error}): restore it with its .pt "
+            "from where it came, or retrain with `python -m metalib train`."
+        ) from error
+    if not isinstance(sidecar, dict) or "recipe" not in sidecar:
+        raise ValueError(
+            f"{json_path} is not a metalib checkpoint sidecar (no recipe): retrain with "
+            "`python -m metalib train`."
+        )
+    return sidecar
 
 
 def load(path: str | os.PathLike[str], *, recipe: str | None = None) -> dict[str, Any]:
@@ -170,9 +159,15 @@ def load(path: str | os.PathLike[str], *, recipe: str | None = None) -> dict[str
     try:
         blob = torch.load(io.BytesIO(payload), map_location="cpu", weights_only=True)
     except Exception as error:  # torch raises several types for corrupt files
-        raise ValueError(f"checkpoint {pt_path} cannot be read: {error}") from error
-    if not isinstance(blob, dict) or blob.get("format") != FORMAT:
-        raise ValueError(f"checkpoint {pt_path} is not a metalib checkpoint of format {FORMAT}.")
+        raise ValueError(
+            f"checkpoint {pt_path} cannot be read ({error}): retrain it with "
+            "`python -m metalib train`."
+        ) from error
+    if not isinstance(blob, dict) or blob.get("format") != FORMAT or "recipe" not in blob:
+        raise ValueError(
+            f"checkpoint {pt_path} is not a metalib checkpoint of format {FORMAT}: retrain it "
+            "with `python -m metalib train`."
+        )
     if recipe is not None and blob["recipe"] != recipe:
         raise ValueError(
             f"checkpoint {pt_path} was made by recipe {blob['recipe']!r}, not {recipe!r}."

@@ -27,8 +27,9 @@ from collections.abc import Sequence
 
 from metalib import checkpoints, full_budget, runtime
 from metalib.data import omniglot, splits
-from metalib.recipes import RECIPES, base, family_of
+from metalib.recipes import RECIPES, base, family_of, transfer_omniglot
 from metalib.recipes import load as load_run
+from metalib.recipes import save as save_run
 
 # `evaluate` options: flag help. Each family's EVALUATE_OPTIONS says which apply to it.
 EVALUATE_OPTIONS = {
@@ -39,6 +40,13 @@ EVALUATE_OPTIONS = {
     "inner_lr": "inner step size (default: the checkpoint's)",
     "fine_tune": "transfer-omniglot: a new head on frozen features or the whole network",
 }
+
+
+def _at_least_two(text: str) -> int:
+    value = int(text)
+    if value < 2:
+        raise argparse.ArgumentTypeError(f"{value} episodes give no interval: use 2 or more")
+    return value
 
 
 def _flag_name(name: str, flag: base.Flag) -> str:
@@ -94,7 +102,7 @@ def build_parser() -> argparse.ArgumentParser:
         if family.TEST_EPISODES is not None:
             sub.add_argument(
                 "--episodes",
-                type=int,
+                type=_at_least_two,
                 default=family.TEST_EPISODES,
                 help="test episodes for the accuracy in the sidecar (default: %(default)s)",
             )
@@ -109,8 +117,9 @@ def build_parser() -> argparse.ArgumentParser:
             type=float,
             default=None,
             metavar="SECONDS",
-            help="stop at the first step boundary after SECONDS of training, keep "
-            "PATH.resume.pt and exit with code 3 (the same command goes on)",
+            help="stop at the first step boundary SECONDS after training starts (data "
+            "loading included), keep PATH.resume.pt and exit with code 3 (the same command "
+            "goes on)",
         )
         sub.add_argument("--device", default=None, help="cuda, mps or cpu (default: automatic)")
         sub.add_argument("--no-progress", action="store_true", help="hide the progress bar")
@@ -124,7 +133,10 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("checkpoint", help="PATH.pt written by `train`")
     for name, text in EVALUATE_OPTIONS.items():
         kind = {"inner_lr": float, "fine_tune": str}.get(name, int)
-        evaluate.add_argument("--" + name.replace("_", "-"), type=kind, default=None, help=text)
+        choices = transfer_omniglot.FINE_TUNE if name == "fine_tune" else None
+        evaluate.add_argument(
+            "--" + name.replace("_", "-"), type=kind, choices=choices, default=None, help=text
+        )
     evaluate.add_argument("--device", default=None, help="cuda, mps or cpu (default: automatic)")
 
     data = commands.add_parser(
@@ -186,12 +198,8 @@ def _train(args: argparse.Namespace, argv: Sequence[str]) -> dict:
         **family.metrics(run, **episodes),
     }
     command = "python -m metalib " + shlex.join(argv)
-    state = family.state_dict(run)
-    pt_path, json_path = base.save(
-        run, args.out, state_dict=state, metrics=metrics, command=command
-    )
-    if run.finished:
-        resume_path.unlink(missing_ok=True)
+    pt_path, json_path = save_run(run, args.out, metrics=metrics, command=command)
+    resume_path.unlink(missing_ok=True)  # the run is complete
     return {
         "checkpoint": str(pt_path),
         "sidecar": str(json_path),

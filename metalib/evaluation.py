@@ -107,10 +107,21 @@ def accuracy_over_episodes(
     return torch.cat(out).cpu()
 
 
+def accuracies(evaluate: Callable, run, settings, **options) -> dict[str, dict]:
+    """``{"N-way K-shot": {"mean", "ci95", "episodes"}}``: a family's ``evaluate`` of ``run``
+    at each ``(n_way, k_shot)`` of ``settings`` (what an Omniglot sidecar records)."""
+    table = {}
+    for n_way, k_shot in settings:
+        result = evaluate(run, n_way=n_way, k_shot=k_shot, **options)
+        table[f"{n_way}-way {k_shot}-shot"] = {**result["accuracy"], "episodes": result["episodes"]}
+    return table
+
+
 __all__ = [
     "TEST_K_QUERY",
     "TEST_SEED",
     "Score",
+    "accuracies",
     "accuracy_over_episodes",
     "evaluation_sampler",
     "held_out_tasks",

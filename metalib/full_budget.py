@@ -20,6 +20,7 @@ import argparse
 import dataclasses
 import json
 import os
+import shlex
 import shutil
 import signal
 import subprocess
@@ -91,17 +92,35 @@ JOBS = (
 SMOKE_JOBS = tuple(job for job in JOBS if job.smoke)
 
 
-def state_of(job: Job, out: Path) -> tuple[str, int]:
-    """``("finished" | "stopped" | "pending", steps done)`` of ``job`` in ``out``."""
+def job_config(job: Job, *, smoke: bool = False):
+    """The configuration ``job`` trains (with its ``--smoke`` flags, if asked)."""
+    from metalib import cli  # cli imports this module
+
+    flags = [*job.flags, *(job.smoke if smoke else ())]
+    return cli.config_of(cli.build_parser().parse_args(["train", job.recipe, *flags, "--out", "-"]))
+
+
+def state_of(job: Job, out: Path, *, smoke: bool = False) -> tuple[str, int, float]:
+    """``("finished" | "stopped" | "pending", steps done, seconds trained)`` of ``job``.
+
+    Finished: its checkpoint is in ``out``, or has landed in ``data/checkpoints`` with the
+    job's configuration (a shipped checkpoint of the same name trained at another budget
+    does not count). Stopped: ``out`` holds its resume state.
+    """
     stem = out / job.name
     resume = base.resume_path_of(stem)
     if resume.is_file():
         loop = torch.load(resume, map_location="cpu", weights_only=True)["loop"]
-        return "stopped", int(loop["step"])
-    pt_path, json_path = checkpoints.paths(stem)
-    if pt_path.is_file() and json_path.is_file():
-        return "finished", int(checkpoints.read_sidecar(stem)["metrics"]["steps"])
-    return "pending", 0
+        return "stopped", int(loop["step"]), float(loop["seconds"])
+    landed = runtime.checkpoint_dir() / job.name
+    for where in (stem, landed):
+        pt_path, json_path = checkpoints.paths(where)
+        if pt_path.is_file() and json_path.is_file():
+            sidecar = checkpoints.read_sidecar(where)
+            if where == stem or sidecar["config"] == job_config(job, smoke=smoke).to_dict():
+                steps, seconds = sidecar["metrics"]["steps"], sidecar["wall_time_s"]
+                return "finished", int(steps), float(seconds)
+    return "pending", 0, 0.0
 
 
 def check_cuda_tests(timeout: float = 300) -> dict:
@@ -121,11 +140,7 @@ def check_one_step(job: Job, device: torch.device, data, *, smoke: bool = False)
     on the CPU), so the first loss must agree to float32 rounding and the second, after
     one step of Adam, closely. Returns the losses and whether they agree.
     """
-    from metalib import cli  # cli imports this module
-
-    flags = [*job.flags, *(job.smoke if smoke else ())]
-    args = cli.build_parser().parse_args(["train", job.recipe, *flags, "--out", "-"])
-    config = cli.config_of(args)
+    config = job_config(job, smoke=smoke)
     small = {"meta_steps": 2}
     if hasattr(config, "meta_batch_size"):
         small["meta_batch_size"] = min(config.meta_batch_size, 2)
@@ -166,9 +181,9 @@ def schedule(
     end = start + deadline - (2.0 if smoke else 30.0)  # the rest is for the summary and packing
     startup = 3.0 if smoke else 20.0  # a process's imports, data load and CUDA start
     (out / "logs").mkdir(parents=True, exist_ok=True)
-    before = {job.name: state_of(job, out) for job in jobs}
+    before = {job.name: state_of(job, out, smoke=smoke) for job in jobs}
     queue = [job for job in jobs if before[job.name][0] != "finished"]
-    threads = max(1, (os.cpu_count() or 2) // max(1, workers))
+    threads = max(1, len(os.sched_getaffinity(0)) // max(1, workers))
     env = {**os.environ, "PYTHONPATH": str(runtime.REPO_ROOT), "OMP_NUM_THREADS": str(threads)}
 
     def launch(job: Job) -> tuple[subprocess.Popen, object, float]:
@@ -176,6 +191,7 @@ def schedule(
         log = open(out / "logs" / f"{job.name}.log", "a")  # noqa: SIM115 (closed when it ends)
         log.write(f"\n$ {' '.join(command)}\n")
         log.flush()
+        _say(f"started {job.name}")
         process = subprocess.Popen(
             command, cwd=runtime.REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT
         )
@@ -193,13 +209,17 @@ def schedule(
             if not running:
                 break  # no time left to start what is queued: the next invocation will
             for name, (process, log, began) in list(running.items()):
-                if process.poll() is None and time.monotonic() > end + 5 and name not in told:
+                late = time.monotonic() - end
+                if process.poll() is None and late > 5 and name not in told:
                     process.send_signal(signal.SIGTERM)  # once: it saves its state, then exits
                     told.add(name)
+                elif process.poll() is None and late > 25:
+                    process.kill()  # stuck: its last periodic state stands
                 if process.poll() is not None:
                     log.close()
                     wall = time.monotonic() - began
                     ended[name] = {"returncode": process.returncode, "wall_s": wall}
+                    _say(f"{name} ended with code {process.returncode} after {wall:.0f} s")
                     del running[name]
             time.sleep(0.1)
     finally:  # the scheduler itself was stopped (Ctrl-C, an error): every run saves and ends
@@ -212,19 +232,25 @@ def schedule(
             log.close()
     summary = {}
     for job in jobs:
-        state, steps = state_of(job, out)
+        state, steps, seconds = state_of(job, out, smoke=smoke)
         ran = ended.get(job.name, {})
-        done, wall = steps - before[job.name][1], ran.get("wall_s")
+        done, trained = steps - before[job.name][1], seconds - before[job.name][2]
         summary[job.name] = {
             "recipe": job.recipe,
             "state": state,
             "steps": steps,
             "steps_this_run": done,
-            "wall_s": None if wall is None else round(wall, 1),
-            "steps_per_s": None if not wall or done <= 0 else round(done / wall, 2),
+            "training_s_this_run": round(trained, 1),
+            "steps_per_s": round(done / trained, 2) if done > 0 and trained > 0 else None,
+            "process_wall_s": None if ran.get("wall_s") is None else round(ran["wall_s"], 1),
             "returncode": ran.get("returncode"),
         }
     return summary
+
+
+def _say(text: str) -> None:
+    """One progress line on stderr (the summary is the JSON on stdout)."""
+    print(f"full-budget: {text}", file=sys.stderr, flush=True)
 
 
 def pack(out: Path, dest: Path) -> list[Path]:
@@ -276,12 +302,19 @@ def pack(out: Path, dest: Path) -> list[Path]:
 def unpack(source: Path, out: Path) -> list[str]:
     """Extract the parts :func:`pack` wrote in ``source`` into ``out``; return the names.
 
+    A finished checkpoint replaces the resume state of its run, which the last session
+    may have left in ``out``.
+
     Raises:
+        FileNotFoundError: if ``source`` holds no parts.
         ValueError: if a part holds a path outside ``out``.
     """
+    parts = sorted(source.glob("part-*.tar"))
+    if not parts:
+        raise FileNotFoundError(f"no part-*.tar in {source}: give the folder the files came to.")
     out.mkdir(parents=True, exist_ok=True)
     names = []
-    for part in sorted(source.glob("part-*.tar")):
+    for part in parts:
         with tarfile.open(part) as tar:
             for member in tar.getmembers():
                 target = (out / member.name).resolve()
@@ -291,6 +324,8 @@ def unpack(source: Path, out: Path) -> list[str]:
                 target.parent.mkdir(parents=True, exist_ok=True)
                 files.atomic_write(target, source_file.read())
                 names.append(member.name)
+                if target.suffix == ".pt" and not target.name.endswith(".resume.pt"):
+                    base.resume_path_of(target).unlink(missing_ok=True)  # finished there
     if (source / "summary.json").is_file():
         shutil.copyfile(source / "summary.json", out / "summary.json")
     return names
@@ -327,12 +362,24 @@ def land(out: Path, dest: Path) -> dict:
             metrics=metrics,
             device=sidecar["device"],
             wall_time_s=sidecar["wall_time_s"],
-            command=sidecar["command"],
+            command=_landed_command(sidecar["command"], dest / pt_path.stem),
         )
-        for path in checkpoints.paths(pt_path):
-            path.unlink()
+        for path in (*checkpoints.paths(pt_path), base.resume_path_of(pt_path)):
+            path.unlink(missing_ok=True)
         landed[pt_path.stem] = _largest_gap(measured, metrics["gpu_metrics"])
     return landed
+
+
+def _landed_command(command: str, stem: Path) -> str:
+    """The ``train`` command that makes ``stem`` in one go: ``--out`` pointed at where the
+    checkpoint landed, the scheduler's ``--deadline`` and ``--save-every`` left out."""
+    words, kept = shlex.split(command), []
+    skip = {"--deadline", "--save-every", "--out"}
+    for i, word in enumerate(words):
+        if word in skip or (i and words[i - 1] in skip):
+            continue
+        kept.append(word)
+    return shlex.join([*kept, "--out", str(stem)])
 
 
 def _episodes(metrics: dict) -> int:
@@ -412,25 +459,39 @@ def run(args: argparse.Namespace) -> dict:
         jobs = tuple(job for job in jobs if job.name in args.only)
     device = runtime.device("cpu" if args.smoke else args.device)
     started = time.monotonic()
-    data = omniglot.load(download=False)  # builds the cache once, before the processes read it
-    if not args.skip_checks:
-        checks_done["cuda_tests"] = check_cuda_tests()
-        steps = {job.name: check_one_step(job, device, data, smoke=args.smoke) for job in jobs}
-        checks_done["one_step"] = steps
-        jobs = tuple(job for job in jobs if steps[job.name]["agree"])
-    left = args.deadline - (time.monotonic() - started)
-    summary = {
+    summary: dict = {
         "device": runtime.describe_device(device),
         "torch": torch.__version__,
         "deadline_s": args.deadline,
         "checks": checks_done,
-        "jobs": schedule(
-            jobs, out, deadline=left, workers=args.workers, device=str(device), smoke=args.smoke
-        ),
-        "wall_s": None,
     }
-    summary["wall_s"] = round(time.monotonic() - started, 1)
-    files.atomic_write(out / "summary.json", (json.dumps(summary, indent=2) + "\n").encode())
-    if args.pack:
-        summary["packed"] = [str(p) for p in pack(out, Path(args.pack))]
+    try:  # whatever happens, the summary is written and what there is gets packed
+        data = omniglot.load(download=False)  # the cache, built once before the processes
+        if not args.skip_checks:
+            _say("checks: the CUDA tests, then two steps of each job on the CPU and here")
+            checks_done["cuda_tests"] = _guarded(check_cuda_tests)
+            steps = {
+                job.name: _guarded(check_one_step, job, device, data, smoke=args.smoke)
+                for job in jobs
+            }
+            checks_done["one_step"] = steps
+            jobs = tuple(job for job in jobs if steps[job.name].get("agree"))
+        left = args.deadline - (time.monotonic() - started)
+        summary["jobs"] = schedule(
+            jobs, out, deadline=left, workers=args.workers, device=str(device), smoke=args.smoke
+        )
+    finally:
+        summary["wall_s"] = round(time.monotonic() - started, 1)
+        out.mkdir(parents=True, exist_ok=True)
+        files.atomic_write(out / "summary.json", (json.dumps(summary, indent=2) + "\n").encode())
+        if args.pack:
+            summary["packed"] = [str(p) for p in pack(out, Path(args.pack))]
     return summary
+
+
+def _guarded(check, *args, **kwargs) -> dict:
+    """``check(...)``, or what went wrong: a failing check must not cost the run."""
+    try:
+        return check(*args, **kwargs)
+    except Exception as error:  # any failure is a result worth bringing back
+        return {"agree": False, "error": f"{type(error).__name__}: {error}"[-1500:]}

@@ -85,7 +85,9 @@ def train_loop(
             saved with it; the caller restores those and its sampling generator).
         save_state: called with the loop's state (``step``, ``optimizer``,
             ``schedule``, ``losses``, ``seconds``) every ``save_every`` steps, at the end,
-            and when training is interrupted (``KeyboardInterrupt``), before re-raising.
+            and when training is interrupted (``KeyboardInterrupt``), before re-raising;
+            not when the interrupt lands while Adam updates the parameters, whose state
+            is then half-way (the one saved last stands).
         halve_every: steps between halvings of β (schedule ``"halving"`` only).
 
     Raises:
@@ -130,10 +132,25 @@ def train_loop(
         initial=first,
         total=meta_steps,
     )
+    updating = [False]  # True from optimizer.step() until the step is counted
     try:
-        _run(step_loss, optimizer, schedule, history, bar, callback, save_state, save_every, state)
+        _run(
+            step_loss,
+            optimizer,
+            schedule,
+            history,
+            bar,
+            callback,
+            save_state,
+            save_every,
+            state,
+            updating,
+        )
     except KeyboardInterrupt:
-        if save_state is not None:
+        # Stopped inside a step: before its update nothing is lost (the caller rewinds its
+        # sampling to the step's start); during the update the parameters are half-way, so
+        # the state saved last stands.
+        if save_state is not None and not updating[0]:
             save_state(state(len(history.losses)))
         raise
     bar.close()
@@ -143,7 +160,9 @@ def train_loop(
     return history
 
 
-def _run(step_loss, optimizer, schedule, history, bar, callback, save_state, save_every, state):
+def _run(
+    step_loss, optimizer, schedule, history, bar, callback, save_state, save_every, state, updating
+):
     """The body of :func:`train_loop`: one Adam step per iteration of ``bar``."""
     for step in bar:
         loss = step_loss(step)
@@ -154,10 +173,12 @@ def _run(step_loss, optimizer, schedule, history, bar, callback, save_state, sav
             )
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        updating[0] = True
         optimizer.step()
         if schedule is not None:
             schedule.step()
         history.losses.append(value)
+        updating[0] = False
         if not bar.disable and step % 100 == 0:
             bar.set_postfix(loss=f"{value:.3f}", refresh=False)
         if save_state is not None and (step + 1) % save_every == 0:
@@ -278,8 +299,10 @@ def evaluate(
     max_steps: int = 10,
     adapt_only: Collection[str] | None = None,
     metric_fn: Callable[[Tensor, Tensor], Tensor] | None = None,
+    chunk: int = 500,
 ) -> Curve:
-    """Mean query loss (or ``metric_fn``) with 95% interval after 0..``max_steps`` steps."""
+    """Mean query loss (or ``metric_fn``) with 95% interval after 0..``max_steps`` steps
+    (tasks adapted ``chunk`` at a time, see :func:`losses_by_step`)."""
     per_task = losses_by_step(
         model,
         params,
@@ -289,6 +312,7 @@ def evaluate(
         max_steps=max_steps,
         adapt_only=adapt_only,
         metric_fn=metric_fn,
+        chunk=chunk,
     )
     mean, ci = mean_ci95(per_task.T)
     diverged = (~torch.isfinite(per_task) | (per_task > DIVERGED)).sum(1)

@@ -4,7 +4,7 @@ import os
 import pytest
 import torch
 
-from metalib import checkpoints, files, recipes
+from metalib import checkpoints, files, recipes, runtime
 from metalib.models import SinusoidMLP
 from metalib.recipes.sinusoid import SinusoidConfig
 
@@ -125,3 +125,22 @@ def test_saved_files_get_the_mode_of_an_ordinary_file(tmp_path):
     finally:
         os.umask(old)
     assert pt.stat().st_mode & 0o777 == 0o644 and js.stat().st_mode & 0o777 == 0o644
+
+
+def test_a_sidecar_that_is_not_json_is_named(tmp_path):
+    save_model(tmp_path / "m")
+    (tmp_path / "m.json").write_text("{not json")
+    with pytest.raises(ValueError, match=r"m.json is not JSON .*retrain"):
+        checkpoints.load(tmp_path / "m")
+    (tmp_path / "m.json").write_text("[]")
+    with pytest.raises(ValueError, match=r"m.json is not a metalib checkpoint sidecar"):
+        checkpoints.load(tmp_path / "m")
+
+
+def test_a_checkpoint_here_comes_before_a_shipped_one_of_the_same_name(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert checkpoints.path_of("sinusoid_maml").parent == runtime.checkpoint_dir()
+    save_model(tmp_path / "sinusoid_maml")
+    assert checkpoints.path_of("sinusoid_maml").resolve() == tmp_path / "sinusoid_maml.pt"
+    with pytest.raises(FileNotFoundError, match="no shipped checkpoint named 'nothing'"):
+        checkpoints.path_of("nothing")

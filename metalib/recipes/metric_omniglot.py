@@ -22,7 +22,14 @@ from torch import Tensor, nn
 from metalib import checks, runtime, training
 from metalib.algorithms import matching, protonet, siamese
 from metalib.data import episodes, omniglot, splits
-from metalib.evaluation import TEST_SEED, Score, accuracy_over_episodes, evaluation_sampler, score
+from metalib.evaluation import (
+    TEST_SEED,
+    Score,
+    accuracies,
+    accuracy_over_episodes,
+    evaluation_sampler,
+    score,
+)
 from metalib.models import ConvEmbedding
 from metalib.recipes.base import Config, Flag, Run, fit, restore_module
 
@@ -265,12 +272,9 @@ def metrics(
     run: Run, *, data: omniglot.Omniglot | None = None, episodes: int = TEST_EPISODES
 ) -> dict[str, Any]:
     """The test metrics a sidecar records: accuracy at the trained width, 5- and 20-way."""
+    settings = [(n_way, run.config.k_shot) for n_way in sorted({run.config.n_way, 5, 20})]
     data = omniglot.load() if data is None else data
-    k_shot, accuracy = run.config.k_shot, {}
-    for n_way in sorted({run.config.n_way, 5, 20}):
-        result = evaluate(run, data=data, n_way=n_way, episodes=episodes)["accuracy"]
-        accuracy[f"{n_way}-way {k_shot}-shot"] = {**result, "episodes": episodes}
-    return {"test_accuracy": accuracy}
+    return {"test_accuracy": accuracies(evaluate, run, settings, data=data, episodes=episodes)}
 
 
 def state_dict(run: Run) -> dict[str, Tensor]:

@@ -21,7 +21,7 @@ from torch import Tensor
 from metalib import checks, runtime, training
 from metalib.algorithms import transfer
 from metalib.data import episodes, omniglot, splits
-from metalib.evaluation import Score, accuracy_over_episodes, evaluation_sampler, score
+from metalib.evaluation import Score, accuracies, accuracy_over_episodes, evaluation_sampler, score
 from metalib.recipes.base import Config, Flag, Run, fit, load_weights
 
 FINE_TUNE = ("head", "whole")
@@ -117,7 +117,7 @@ def train(
     def step_loss(step: int) -> Tensor:
         index = torch.randint(n_classes * drawers, (config.batch_size,), generator=generator)
         index = index.to(dev)  # (batch,)
-        x = images.flatten(0, 1)[index].float().div_(255)[:, None]  # (batch, 1, 28, 28)
+        x = episodes.to_unit(images.flatten(0, 1)[index])[:, None]  # (batch, 1, 28, 28)
         return F.cross_entropy(model(x), index // drawers)
 
     params = dict(model.named_parameters())
@@ -194,11 +194,7 @@ def metrics(
 ) -> dict[str, Any]:
     """The test metrics a sidecar records: 5- and 20-way, 1- and 5-shot."""
     data = omniglot.load() if data is None else data
-    accuracy = {}
-    for n_way, k_shot in SETTINGS:
-        result = evaluate(run, data=data, n_way=n_way, k_shot=k_shot, episodes=episodes)
-        accuracy[f"{n_way}-way {k_shot}-shot"] = {**result["accuracy"], "episodes": episodes}
-    return {"test_accuracy": accuracy}
+    return {"test_accuracy": accuracies(evaluate, run, SETTINGS, data=data, episodes=episodes)}
 
 
 def state_dict(run: Run) -> dict[str, Tensor]:
