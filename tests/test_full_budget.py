@@ -7,6 +7,7 @@ import json
 import subprocess
 import sys
 import tarfile
+from pathlib import Path
 
 import pytest
 import torch
@@ -156,3 +157,57 @@ print(json.dumps(sorted(new - set(sys.stdlib_module_names) - gpu_image)))
         check=True,
     )
     assert json.loads(done.stdout.strip().splitlines()[-1]) == []
+
+
+def test_a_job_that_landed_with_its_configuration_is_finished(tmp_path, monkeypatch):
+    shelf = tmp_path / "shelf"
+    shelf.mkdir()
+    monkeypatch.setattr(runtime, "checkpoint_dir", lambda: shelf)
+    job = full_budget.JOBS[0]
+    out = tmp_path / "out"
+    assert full_budget.state_of(job, out) == ("pending", 0, 0.0)
+
+    def land(config):
+        checkpoints.save(
+            shelf / job.name,
+            recipe=job.recipe,
+            config=config,
+            state_dict={},
+            metrics={"steps": 20_000},
+            wall_time_s=600.0,
+        )
+
+    cpu_budget = {**full_budget.job_config(job).to_dict(), "meta_steps": 3000}
+    land(cpu_budget)  # the shipped CPU checkpoint of the same name: not this job
+    assert full_budget.state_of(job, out)[0] == "pending"
+    land(full_budget.job_config(job).to_dict())
+    assert full_budget.state_of(job, out) == ("finished", 20_000, 600.0)
+
+
+def test_an_unpacked_checkpoint_retires_the_resume_state_left_here(tmp_path):
+    there, here, packed = tmp_path / "there", tmp_path / "here", tmp_path / "packed"
+    for folder in (there, here):
+        folder.mkdir()
+    (there / "job.pt").write_bytes(b"weights")
+    (there / "job.json").write_text("{}")
+    (there / "other.resume.pt").write_bytes(b"state")
+    (here / "job.resume.pt").write_bytes(b"stale state of the last session")
+    full_budget.pack(there, packed)
+    names = full_budget.unpack(packed, here)
+    assert sorted(names) == ["job.json", "job.pt", "other.resume.pt"]
+    assert not (here / "job.resume.pt").exists() and (here / "other.resume.pt").is_file()
+    with pytest.raises(FileNotFoundError, match="no part-"):
+        full_budget.unpack(tmp_path / "there", here)
+
+
+def test_a_landed_checkpoints_command_makes_it_in_one_go():
+    command = (
+        "python -m metalib train protonet-omniglot --k-shot 1 --meta-steps 20000 --out "
+        "data/full_budget/protonet_omniglot_1shot --device cuda --no-progress --save-every 200 "
+        "--deadline 480.0"
+    )
+    landed = full_budget._landed_command(command, Path("data/checkpoints/protonet_omniglot_1shot"))
+    assert landed == (
+        "python -m metalib train protonet-omniglot --k-shot 1 --meta-steps 20000 --device cuda "
+        "--no-progress --out data/checkpoints/protonet_omniglot_1shot"
+    )
