@@ -169,7 +169,7 @@ def fit(
     start: list = [0, generator.get_state(), torch.get_rng_state(), {}]
 
     def step(index: int) -> Tensor:
-        buffers = {k: v.detach().cpu().clone() for k, v in model.named_buffers()}
+        buffers = {k: v.detach().clone() for k, v in model.named_buffers()}  # no device sync
         start[:] = [index, generator.get_state(), torch.get_rng_state(), buffers]
         return step_loss(index)
 
@@ -186,7 +186,7 @@ def fit(
                 "recipe": config.recipe,
                 "config": config.to_dict(),
                 "params": {k: v.detach().cpu() for k, v in params.items()},
-                "buffers": start[3] if inside and start[3] else buffers,
+                "buffers": {k: v.cpu() for k, v in start[3].items()} if inside else buffers,
                 "generator": start[1] if inside else generator.get_state(),
                 "rng": start[2] if inside else torch.get_rng_state(),
                 "loop": loop,

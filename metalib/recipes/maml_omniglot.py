@@ -83,8 +83,8 @@ class OmniglotConfig(Config):
     def __post_init__(self) -> None:
         checks.one_of("method", self.method, METHODS)
         minimums = {"n_way": 2, "k_shot": 1, "k_query": 1, "meta_batch_size": 1}
-        for name in ("meta_steps", "inner_steps", "test_inner_steps", "seed", *minimums):
-            checks.count(name, getattr(self, name), minimums.get(name, 0))
+        self.check_counts({"meta_steps": 0, "inner_steps": 0, "test_inner_steps": 0, "seed": 0})
+        self.check_counts(minimums)
         maml.check_hyperparameters(inner_lr=self.inner_lr, inner_steps=self.inner_steps)
         check_outer_lr(self.outer_lr, self.outer_lr_schedule)
         checks.one_of("scheme", self.scheme, splits.SCHEMES)

@@ -83,9 +83,8 @@ class SinusoidConfig(Config):
 
     def __post_init__(self) -> None:
         checks.one_of("method", self.method, METHODS)
-        minimums = {"meta_batch_size": 1, "k_shot": 1, "k_query": 1}
-        for name in ("meta_steps", "inner_steps", "seed", *minimums):
-            checks.count(name, getattr(self, name), minimums.get(name, 0))
+        self.check_counts({"meta_steps": 0, "inner_steps": 0, "seed": 0})
+        self.check_counts({"meta_batch_size": 1, "k_shot": 1, "k_query": 1})
         maml.check_hyperparameters(inner_lr=self.inner_lr, inner_steps=self.inner_steps)
         check_outer_lr(self.outer_lr, self.outer_lr_schedule)
         if self.method == "fomaml" and not self.first_order:
