@@ -8,7 +8,8 @@ This is the only module of ``metalib`` that looks at environment variables:
   where the Omniglot archives are found or downloaded to;
 - ``METALIB_CACHE`` is where derived files such as the 28×28 Omniglot tensor are written
   (default: the data directory); set it when the data directory is read-only;
-- ``METALIB_DEVICE`` overrides the automatic device choice (cuda, then mps, then cpu);
+- ``METALIB_DEVICE`` overrides the automatic device choice (cuda, else cpu; Apple's ``mps``
+  only when asked for, see :func:`device`);
 - ``METALIB_BUDGET`` is ``full`` (train at the papers' budgets; the default on a CUDA
   machine) or ``demo`` (a short demonstration, then the shipped checkpoint; the default
   elsewhere). Quick mode shrinks both (see :func:`budget`).
@@ -19,6 +20,7 @@ from __future__ import annotations
 import functools
 import os
 import random
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -79,8 +81,20 @@ def checkpoint_dir() -> Path:
     return REPO_ROOT / "data" / "checkpoints"
 
 
+MPS_NOTE = (
+    "metalib: an Apple GPU (mps) is here but is not chosen automatically: the course is tested "
+    "on CPUs and CUDA only, and mps has no float64, which some checks use. Set "
+    "METALIB_DEVICE=mps (or pass device='mps') to try it; the CPU is used now."
+)
+_mps_noted = False
+
+
 def device(preference: str | torch.device | None = None) -> torch.device:
-    """Choose a device: the preference, else ``METALIB_DEVICE``, else cuda, mps, cpu.
+    """Choose a device: the preference, else ``METALIB_DEVICE``, else cuda, else cpu.
+
+    Apple's ``mps`` is used only when asked for by name: nothing in the course is tested on
+    it (no such machine runs its CI) and it has no float64. Where it is available and the
+    choice is automatic, :data:`MPS_NOTE` is printed once per process to say so.
 
     Args:
         preference: ``"cuda"``, ``"cuda:1"``, ``"mps"``, ``"cpu"`` (or a ``torch.device``),
@@ -89,13 +103,15 @@ def device(preference: str | torch.device | None = None) -> torch.device:
     Raises:
         ValueError: if the requested device is unknown or not available here.
     """
+    global _mps_noted
     name = str(preference) if preference is not None else os.environ.get("METALIB_DEVICE")
     name = name or None
     if name is None:
         if torch.cuda.is_available():
             return torch.device("cuda")
-        if torch.backends.mps.is_available():
-            return torch.device("mps")
+        if torch.backends.mps.is_available() and not _mps_noted:
+            print(MPS_NOTE, file=sys.stderr)
+            _mps_noted = True
         return torch.device("cpu")
     try:
         chosen = torch.device(name)

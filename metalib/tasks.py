@@ -117,6 +117,11 @@ class SinusoidTasks:
         checks.count("k_query", k_query, 1)
         if not isinstance(generator, torch.Generator):
             raise ValueError(f"generator={generator!r} must be a torch.Generator.")
+        if generator.device.type != "cpu":
+            raise ValueError(
+                f"the generator is on {generator.device}: draw tasks with torch.Generator() "
+                "(CPU), so that a seed names the same tasks on every device."
+            )
         s_low, s_high = self._sub_range("support_range", support_range)
         q_low, q_high = self._sub_range("query_range", query_range)
 

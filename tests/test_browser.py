@@ -41,7 +41,7 @@ def _requirements() -> str | None:
     try:
         import playwright.sync_api  # noqa: F401
     except ImportError:
-        return "the playwright package is not installed (pip install -e '.[dev]')"
+        return "the playwright package is not installed (pip install -e '.[maintainers]')"
     return None
 
 

@@ -42,11 +42,39 @@ def test_device_choice(monkeypatch):
     monkeypatch.delenv("METALIB_DEVICE", raising=False)
     assert runtime.device("cpu") == torch.device("cpu")
     expected = "cuda" if torch.cuda.is_available() else "cpu"
-    if not torch.cuda.is_available() and torch.backends.mps.is_available():
-        expected = "mps"
     assert runtime.device().type == expected
     monkeypatch.setenv("METALIB_DEVICE", "cpu")
     assert runtime.device() == torch.device("cpu")
+
+
+def test_an_apple_gpu_is_used_only_when_asked_for(monkeypatch, capsys):
+    monkeypatch.delenv("METALIB_DEVICE", raising=False)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: True)
+    monkeypatch.setattr(runtime, "_mps_noted", False)
+    assert runtime.device() == torch.device("cpu")
+    assert runtime.device() == torch.device("cpu")
+    err = capsys.readouterr().err
+    assert err.count(runtime.MPS_NOTE) == 1, "the reason is printed once"
+    assert "METALIB_DEVICE=mps" in err and "float64" in err
+    assert runtime.device("mps") == torch.device("mps")
+    monkeypatch.setenv("METALIB_DEVICE", "mps")
+    assert runtime.device() == torch.device("mps")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.delenv("METALIB_DEVICE")
+    assert runtime.device() == torch.device("cuda")
+    assert capsys.readouterr().err == ""
+
+
+def test_without_an_apple_gpu_nothing_is_printed(monkeypatch, capsys):
+    monkeypatch.delenv("METALIB_DEVICE", raising=False)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
+    monkeypatch.setattr(runtime, "_mps_noted", False)
+    assert runtime.device() == torch.device("cpu")
+    assert capsys.readouterr().err == ""
+    with pytest.raises(ValueError, match="'mps' requested but MPS is not available"):
+        runtime.device("mps")
 
 
 def test_bad_device_names_the_value():

@@ -80,3 +80,13 @@ def test_inverted_amplitude_range_is_rejected():
 def test_generator_is_required():
     with pytest.raises(ValueError, match="generator"):
         SinusoidTasks().sample(2, k_shot=1, k_query=1, generator=0)
+
+
+def test_a_device_generator_is_refused():
+    class AppleGenerator(torch.Generator):  # stands in for torch.Generator(device="mps")
+        @property
+        def device(self) -> torch.device:
+            return torch.device("mps")
+
+    with pytest.raises(ValueError, match=r"on mps: draw tasks with torch.Generator\(\) \(CPU\)"):
+        SinusoidTasks().sample(2, k_shot=1, k_query=1, generator=AppleGenerator())
