@@ -123,6 +123,43 @@ def test_module_entry_point_help():
     assert "(default: 60000)" in omniglot and "--batch-norm {transductive,running}" in omniglot
 
 
+# What a command imports, in a fresh interpreter: the modules named below cost seconds of
+# start-up, and neither the help nor a sinusoid run needs them.
+HEAVY = ("torchvision.transforms", "matplotlib", "ipywidgets", "IPython")
+IMPORTS_OF = """
+import sys
+from metalib import cli
+try:
+    cli.main(sys.argv[1:])
+except SystemExit:
+    pass
+heavy = sorted(m for m in sys.modules if m.startswith({heavy!r}))
+print("HEAVY", heavy)
+"""
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["--help"],
+        ["train", "sinusoid-maml", "--help"],
+        ["train", "sinusoid-maml", "--meta-steps", "2", "--meta-batch-size", "3", "--no-progress"],
+        ["train", "cnp-sinusoid", "--help"],
+    ],
+    ids=["help", "train-help", "train-sinusoid", "cnp-help"],
+)
+def test_the_command_line_imports_only_what_it_needs(argv, tmp_path):
+    if "--help" not in argv:
+        argv = [*argv, "--out", str(tmp_path / "run")]
+    code = IMPORTS_OF.format(heavy=HEAVY)
+    done = subprocess.run(
+        [sys.executable, "-c", code, *argv], capture_output=True, text=True, check=True
+    )
+    assert "HEAVY []" in done.stdout, done.stdout[-500:]
+    if "--help" not in argv:
+        assert (tmp_path / "run.pt").exists(), "the run really trained and saved"
+
+
 @pytest.mark.parametrize("recipe", ["fomaml", "reptile", "meta-sgd", "anil", "pretrain"])
 def test_every_recipe_trains_saves_and_evaluates(recipe, tmp_path, capsys):
     stem = tmp_path / recipe

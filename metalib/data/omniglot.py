@@ -21,7 +21,6 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
-from torchvision.transforms.v2 import functional as TF
 
 from metalib import files, runtime
 from metalib.data import archives
@@ -114,6 +113,8 @@ def original_png(data: Omniglot, character: int, drawer: int = 0) -> tuple[str, 
 
 def shrink(ink: torch.Tensor) -> torch.Tensor:
     """``(n, 1, H, W)`` uint8 ink images → ``(n, 28, 28)`` uint8 (antialiased bilinear)."""
+    from torchvision.transforms.v2 import functional as TF  # a second to import: only here
+
     small = TF.resize(ink.float(), [IMAGE_SIZE, IMAGE_SIZE], antialias=True)
     return small.round().clamp(0, 255).to(torch.uint8)[:, 0]  # (n, 28, 28)
 
