@@ -22,6 +22,7 @@ from metalib.tasks import SinusoidTasks, TaskBatch
 from metalib.training import mean_ci95
 
 TEST_SEED = 2017  # test tasks and episodes come from their own generator, never a training seed
+VALIDATION_SEED = 2016  # the fixed validation episodes that training selects its step on
 TEST_K_QUERY = 15  # query images per class in Omniglot test episodes
 
 
@@ -80,6 +81,23 @@ def evaluation_sampler(
     classes = splits.class_split(data, scheme=scheme, split=split)
     return episodes.EpisodeSampler(
         data, classes, n_way=n_way, k_shot=k_shot, k_query=TEST_K_QUERY, device=device
+    )
+
+
+def validation_sampler(
+    data: omniglot.Omniglot,
+    *,
+    scheme: str,
+    n_way: int,
+    k_shot: int,
+    device: torch.device | str = "cpu",
+) -> episodes.EpisodeSampler | None:
+    """Test-shaped episodes of the validation classes that training selects its step on
+    (drawn with :data:`VALIDATION_SEED`), or None for a split without them (``lake``)."""
+    if "val" not in splits.SPLITS[scheme]:
+        return None
+    return evaluation_sampler(
+        data, scheme=scheme, split="val", n_way=n_way, k_shot=k_shot, device=device
     )
 
 

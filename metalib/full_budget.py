@@ -58,7 +58,11 @@ class Job:
     smoke: tuple[str, ...] = ()
 
 
-_METRIC_SMOKE = ("--meta-steps", "600", "--train-way", "5", "--k-query", "2", "--episodes", "4")
+_CHEAP_VALIDATION = ("--validate-every", "200", "--validation-episodes", "4")
+_METRIC_SMOKE = (
+    *("--meta-steps", "600", "--train-way", "5", "--k-query", "2", "--episodes", "4"),
+    *_CHEAP_VALIDATION,
+)
 _MAML_SMOKE = ("--meta-steps", "250", "--meta-batch-size", "2", "--k-query", "2", "--episodes", "4")
 # Cheap first: the metric family and the transfer baseline take minutes on a GPU, MAML hours.
 JOBS = (
@@ -80,7 +84,10 @@ JOBS = (
         "transfer_omniglot",
         "transfer-omniglot",
         ("--meta-steps", "5000"),
-        ("--meta-steps", "800", "--meta-batch-size", "16", "--head-steps", "3", "--episodes", "4"),
+        (
+            *("--meta-steps", "800", "--meta-batch-size", "16", "--head-steps", "3"),
+            *("--episodes", "4", *_CHEAP_VALIDATION),
+        ),
     ),
     Job("maml_omniglot_5w1s", "maml-omniglot", ("--n-way", "5", "--k-shot", "1"), _MAML_SMOKE),
     Job("fomaml_omniglot_5w1s", "fomaml-omniglot", ("--n-way", "5", "--k-shot", "1")),

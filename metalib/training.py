@@ -37,6 +37,10 @@ class History:
     losses: list[float] = field(default_factory=list)
     seconds: float = 0.0
     stopped_early: bool = False
+    # Model selection (``recipes.base.Validation``): ``[step, score]`` pairs, and the step
+    # kept with its score, e.g. ``{"step": 1500, "val_accuracy": 0.97}``.
+    validation: list[list[float]] = field(default_factory=list)
+    selected: dict[str, float] | None = None
 
     @property
     def steps(self) -> int:
@@ -66,6 +70,7 @@ def train_loop(
     save_state: Callable[[dict], None] | None = None,
     save_every: int = 200,
     halve_every: int = 2_000,
+    after_step: Callable[[int], None] | None = None,
 ) -> History:
     """Minimise ``step_loss`` over ``meta_steps`` outer steps of Adam on ``params``.
 
@@ -89,6 +94,8 @@ def train_loop(
             not when the interrupt lands while Adam updates the parameters, whose state
             is then half-way (the one saved last stands).
         halve_every: steps between halvings of β (schedule ``"halving"`` only).
+        after_step: called as ``after_step(step)`` after each update, before the state is
+            saved (so that what it records, e.g. a validation score, is saved with it).
 
     Raises:
         FloatingPointError: when the loss is NaN or infinite, naming the step.
@@ -145,6 +152,7 @@ def train_loop(
             save_every,
             state,
             updating,
+            after_step,
         )
     except KeyboardInterrupt:
         # Stopped inside a step: before its update nothing is lost (the caller rewinds its
@@ -161,7 +169,17 @@ def train_loop(
 
 
 def _run(
-    step_loss, optimizer, schedule, history, bar, callback, save_state, save_every, state, updating
+    step_loss,
+    optimizer,
+    schedule,
+    history,
+    bar,
+    callback,
+    save_state,
+    save_every,
+    state,
+    updating,
+    after_step,
 ):
     """The body of :func:`train_loop`: one Adam step per iteration of ``bar``."""
     for step in bar:
@@ -179,6 +197,8 @@ def _run(
             schedule.step()
         history.losses.append(value)
         updating[0] = False
+        if after_step is not None:
+            after_step(step)
         if not bar.disable and step % 100 == 0:
             bar.set_postfix(loss=f"{value:.3f}", refresh=False)
         if save_state is not None and (step + 1) % save_every == 0:

@@ -10,7 +10,8 @@ few functions (see :mod:`metalib.recipes`); what they have in common is written 
 - :func:`fit`: :func:`~metalib.training.train_loop` on a recipe's settings, with a resume
   file. Stopped (Ctrl-C, a kill, a callback) and run again with the same file, training
   continues where it stopped and ends with the parameters of an uninterrupted run,
-  bit for bit on a CPU.
+  bit for bit on a CPU. Given a :class:`Validation`, it scores the network on held-out
+  classes every so many steps and ends with the best-scoring step's tensors.
 - :func:`save`: a checkpoint pair (``PATH.pt``, ``PATH.json``) of a run.
 """
 
@@ -123,6 +124,20 @@ class Run:
         return self.history is not None and self.history.steps == self.config.meta_steps
 
 
+class Validation(NamedTuple):
+    """Model selection for :func:`fit`: ``score()`` every ``every`` steps and at the last.
+
+    ``score`` (higher is better; for example the accuracy over fixed episodes of the
+    validation classes, never the test classes) must leave the training generator and the
+    network's mode as it found them. Training ends with the tensors of the best-scoring
+    step; ``History.selected`` names it and its score under ``name``.
+    """
+
+    every: int
+    score: Callable[[], float]
+    name: str = "val_accuracy"
+
+
 def resume_path_of(path: str | os.PathLike[str]) -> Path:
     """``PATH.resume.pt``: where training to ``PATH`` keeps its state until it finishes."""
     pt_path, _ = checkpoints.paths(path)
@@ -140,6 +155,7 @@ def fit(
     progress: bool = True,
     resume_path: str | os.PathLike[str] | None = None,
     save_every: int = 200,
+    validation: Validation | None = None,
 ) -> History:
     """Adam on ``params`` for ``config.meta_steps`` steps of ``step_loss``, resumably.
 
@@ -154,6 +170,9 @@ def fit(
             the generators' states, the losses so far), written atomically every
             ``save_every`` steps, at the end and on Ctrl-C. If it exists, training
             continues from it.
+        validation: score the network every ``validation.every`` steps and at the last
+            step, and end with the best step's parameters and buffers (the scores and the
+            best step's tensors are part of the resume state).
 
     Raises:
         ValueError: if ``generator`` is not a CPU generator, or ``resume_path`` is
@@ -173,11 +192,32 @@ def fit(
         start[:] = [index, generator.get_state(), torch.get_rng_state(), buffers]
         return step_loss(index)
 
+    chosen: dict[str, Any] = {"scores": [], "best": None}  # what validation found so far
+
+    def validate(step: int) -> None:
+        done = step + 1
+        due = validation is not None and (done % validation.every == 0 or done == config.meta_steps)
+        if not due or any(s == done for s, _ in chosen["scores"]):
+            return
+        score = float(validation.score())
+        best = chosen["best"]
+        if best is None or score > best["score"]:
+            best = {
+                "step": done,
+                "score": score,
+                "params": {k: v.detach().cpu().clone() for k, v in params.items()},
+                "buffers": {k: v.detach().cpu().clone() for k, v in model.named_buffers()},
+            }
+        chosen.update(scores=[*chosen["scores"], [done, score]], best=best)  # all at once
+
     resume, save_state = None, None
     if resume_path is not None:
         path = Path(resume_path)
         if path.is_file():
-            resume = _read_state(path, config, model, params, generator)
+            resume, found = _read_state(path, config, model, params, generator)
+            chosen.update(found or {})
+            if resume["step"] > 0:
+                validate(resume["step"] - 1)  # a stop while it validated that step
 
         def save_state(loop: dict) -> None:
             inside = start[0] == loop["step"]  # stopped inside that step: save its start
@@ -190,12 +230,13 @@ def fit(
                 "generator": start[1] if inside else generator.get_state(),
                 "rng": start[2] if inside else torch.get_rng_state(),
                 "loop": loop,
+                "validation": chosen,
             }
             buffer = io.BytesIO()
             torch.save(blob, buffer)
             files.atomic_write(path, buffer.getvalue())
 
-    return train_loop(
+    history = train_loop(
         step,
         params,
         meta_steps=config.meta_steps,
@@ -208,7 +249,19 @@ def fit(
         resume=resume,
         save_state=save_state,
         save_every=save_every,
+        after_step=validate if validation is not None else None,
     )
+    history.validation = [list(pair) for pair in chosen["scores"]]
+    best = chosen["best"]
+    if validation is not None and best is not None and history.steps == config.meta_steps:
+        buffers = dict(model.named_buffers())
+        with torch.no_grad():
+            for name, value in best["params"].items():
+                params[name].copy_(value)
+            for name, value in best["buffers"].items():
+                buffers[name].copy_(value)
+        history.selected = {"step": best["step"], validation.name: best["score"]}
+    return history
 
 
 def deadline(seconds: float) -> Callback:
@@ -218,8 +271,11 @@ def deadline(seconds: float) -> Callback:
     return lambda step, loss: time.monotonic() >= end
 
 
-def _read_state(path: Path, config, model: nn.Module, params: dict, generator) -> dict:
-    """Restore parameters, buffers and generators from a training state; return the loop's."""
+def _read_state(
+    path: Path, config, model: nn.Module, params: dict, generator
+) -> tuple[dict, dict | None]:
+    """Restore parameters, buffers and generators from a training state; return the loop's
+    state and what validation had found (None in a state written without it)."""
     try:
         blob = torch.load(path, map_location="cpu", weights_only=True)
         loop = blob["loop"]
@@ -250,7 +306,7 @@ def _read_state(path: Path, config, model: nn.Module, params: dict, generator) -
             buffers[name].copy_(value)
     generator.set_state(blob["generator"])
     torch.set_rng_state(blob["rng"])
-    return loop
+    return loop, blob.get("validation")
 
 
 def save(
@@ -261,7 +317,15 @@ def save(
     metrics: dict[str, Any] | None = None,
     command: str | None = None,
 ) -> tuple[Path, Path]:
-    """Write ``run`` as ``PATH.pt`` and ``PATH.json`` (see :mod:`metalib.checkpoints`)."""
+    """Write ``run`` as ``PATH.pt`` and ``PATH.json`` (see :mod:`metalib.checkpoints`).
+
+    A run trained with a :class:`Validation` records its scores and the step it kept
+    under ``metrics["selection"]``.
+    """
+    history = run.history
+    if history is not None and history.validation:
+        selection = {"scores": history.validation, "kept": history.selected}
+        metrics = {**(metrics or {}), "selection": selection}
     return checkpoints.save(
         path,
         recipe=run.config.recipe,

@@ -24,14 +24,16 @@ from metalib.algorithms import matching, protonet, siamese
 from metalib.data import episodes, omniglot, splits
 from metalib.evaluation import (
     TEST_SEED,
+    VALIDATION_SEED,
     Score,
     accuracies,
     accuracy_over_episodes,
     evaluation_sampler,
     score,
+    validation_sampler,
 )
 from metalib.models import ConvEmbedding
-from metalib.recipes.base import Config, Flag, Run, fit, restore_module
+from metalib.recipes.base import Config, Flag, Run, Validation, fit, restore_module
 
 METHODS = ("protonet", "matching", "siamese")
 RECIPES = {
@@ -63,6 +65,8 @@ class MetricConfig(Config):
     scale: float = matching.DEFAULT_SCALE  # matching: cosine multiplier before the softmax
     scheme: str = "vinyals"
     seed: int = 0
+    validate_every: int = 500  # steps between validation scores (vinyals only); 0: never
+    validation_episodes: int = 200
 
     FLAGS: ClassVar[dict[str, Flag]] = {
         "n_way": Flag("classes per test episode"),
@@ -80,12 +84,18 @@ class MetricConfig(Config):
         "scale": Flag("cosine multiplier before the softmax", methods=("matching",)),
         "scheme": Flag("class split", name="split", choices=splits.SCHEMES),
         "seed": Flag("seed for weights and episode sampling"),
+        "validate_every": Flag(
+            "steps between accuracy checks on the vinyals validation classes; training keeps "
+            "the best step (0: keep the last; the lake split has no validation classes)"
+        ),
+        "validation_episodes": Flag("test-shaped episodes of the validation classes per check"),
     }
 
     def __post_init__(self) -> None:
         checks.one_of("method", self.method, METHODS)
         minimums = {"n_way": 2, "k_shot": 1, "train_way": 2, "k_query": 1, "meta_batch_size": 1}
         self.check_counts({"meta_steps": 0, "seed": 0, "halve_every": 1, **minimums})
+        self.check_counts({"validate_every": 0, "validation_episodes": 2})
         training.check_outer_lr(self.outer_lr, self.outer_lr_schedule)
         checks.one_of("distance", self.distance, protonet.DISTANCES)
         checks.positive_number("scale", self.scale)
@@ -174,7 +184,22 @@ def train(
         return episode_loss(model, config, batch)
 
     params = dict(model.named_parameters())
-    history = fit(step_loss, params, config, model=model, generator=generator, **loop)
+    validation = None
+    held_out = validation_sampler(
+        data, scheme=config.scheme, n_way=config.n_way, k_shot=config.k_shot, device=dev
+    )
+    if config.validate_every and held_out is not None:
+
+        def val_accuracy() -> float:
+            accuracy = per_episode_accuracy(
+                model, config, held_out, n_episodes=config.validation_episodes, seed=VALIDATION_SEED
+            )
+            return float(accuracy.mean())
+
+        validation = Validation(config.validate_every, val_accuracy)
+    history = fit(
+        step_loss, params, config, model=model, generator=generator, validation=validation, **loop
+    )
     return Run(config, model.eval(), params, history, dev)
 
 

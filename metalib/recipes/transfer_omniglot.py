@@ -21,8 +21,17 @@ from torch import Tensor
 from metalib import checks, runtime, training
 from metalib.algorithms import transfer
 from metalib.data import episodes, omniglot, splits
-from metalib.evaluation import Score, accuracies, accuracy_over_episodes, evaluation_sampler, score
-from metalib.recipes.base import Config, Flag, Run, fit, load_weights
+from metalib.evaluation import (
+    TEST_SEED,
+    VALIDATION_SEED,
+    Score,
+    accuracies,
+    accuracy_over_episodes,
+    evaluation_sampler,
+    score,
+    validation_sampler,
+)
+from metalib.recipes.base import Config, Flag, Run, Validation, fit, load_weights
 
 FINE_TUNE = ("head", "whole")
 RECIPES = {
@@ -46,6 +55,8 @@ class TransferConfig(Config):
     head_lr: float = 0.1
     scheme: str = "vinyals"
     seed: int = 0
+    validate_every: int = 500  # steps between validation scores (vinyals only); 0: never
+    validation_episodes: int = 200
 
     FLAGS: ClassVar[dict[str, Flag]] = {
         "meta_steps": Flag("steps of Adam on batches of images"),
@@ -61,12 +72,18 @@ class TransferConfig(Config):
         "head_lr": Flag("step size of fitting a new head"),
         "scheme": Flag("class split", name="split", choices=splits.SCHEMES),
         "seed": Flag("seed for weights and batch sampling"),
+        "validate_every": Flag(
+            "steps between 5-way 1-shot accuracy checks on the vinyals validation classes; "
+            "training keeps the best step (0: keep the last; lake has no validation classes)"
+        ),
+        "validation_episodes": Flag("episodes of the validation classes per check"),
     }
 
     def __post_init__(self) -> None:
         self.check_counts(
             {"meta_steps": 0, "head_steps": 0, "seed": 0, "batch_size": 1, "halve_every": 1}
         )
+        self.check_counts({"validate_every": 0, "validation_episodes": 2})
         training.check_outer_lr(self.outer_lr, self.outer_lr_schedule)
         checks.positive_number("head_lr", self.head_lr)
         checks.one_of("fine_tune", self.fine_tune, FINE_TUNE)
@@ -121,7 +138,20 @@ def train(
         return F.cross_entropy(model(x), index // drawers)
 
     params = dict(model.named_parameters())
-    history = fit(step_loss, params, config, model=model, generator=generator, **loop)
+    validation = None
+    held_out = validation_sampler(data, scheme=config.scheme, n_way=5, k_shot=1, device=dev)
+    if config.validate_every and held_out is not None:
+
+        def val_accuracy() -> float:
+            found = score_of(
+                model, config, held_out, n_episodes=config.validation_episodes, seed=VALIDATION_SEED
+            )
+            return found.mean
+
+        validation = Validation(config.validate_every, val_accuracy)
+    history = fit(
+        step_loss, params, config, model=model, generator=generator, validation=validation, **loop
+    )
     return Run(config, model.eval(), params, history, dev)
 
 
@@ -132,10 +162,13 @@ def score_of(
     *,
     n_episodes: int = 1000,
     fine_tune: str | None = None,
+    seed: int = TEST_SEED,
 ) -> Score:
-    """Mean accuracy and 95% interval on the course's test episodes after fitting new heads."""
+    """Mean accuracy and 95% interval on the course's test episodes (or those of ``seed``)
+    after fitting new heads; the network runs in eval mode and is left as it was."""
     how = checks.one_of("fine_tune", fine_tune or config.fine_tune, FINE_TUNE)
     n_way = sampler.n_way
+    mode = model.training
     model.eval()
 
     def scores(x_support: Tensor, y_support: Tensor, x_query: Tensor) -> Tensor:
@@ -153,7 +186,10 @@ def score_of(
             model.embedding, x_support, y_support, x_query, n_way, head_steps=config.head_steps
         )
 
-    return score(accuracy_over_episodes(scores, sampler, n_episodes=n_episodes))
+    try:
+        return score(accuracy_over_episodes(scores, sampler, n_episodes=n_episodes, seed=seed))
+    finally:
+        model.train(mode)
 
 
 EVALUATE_OPTIONS = ("n_way", "k_shot", "episodes", "fine_tune")

@@ -1,0 +1,119 @@
+"""Model selection in training (``recipes.base.Validation``): the best-scoring step's tensors
+are kept, the same ones after any stop and resume, and the sidecar says which step it was."""
+
+import json
+from dataclasses import dataclass, replace
+
+import pytest
+import torch
+from torch import nn
+
+from metalib.recipes import base
+
+
+@dataclass(frozen=True)
+class Toy(base.Config):
+    meta_steps: int = 12
+    outer_lr: float = 0.05
+    outer_lr_schedule: str = "constant"
+
+    @property
+    def recipe(self) -> str:
+        return "toy"
+
+
+def toy_run(config=Toy(), *, every=2, score_calls=None, **loop):
+    """Regress y = 3x with a batch-normed linear map; the score peaks when w has risen 0.3."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.BatchNorm1d(1), nn.Linear(1, 1))
+    peak = float(model[1].weight.detach()) + 0.3
+    params = dict(model.named_parameters())
+    generator = torch.Generator().manual_seed(0)
+
+    def step_loss(step):
+        x = torch.randn(16, 1, generator=generator)
+        return ((model(x) - 3 * x) ** 2).mean()
+
+    def score():
+        if score_calls is not None:
+            score_calls.append(1)
+        return -abs(float(model[1].weight.detach()) - peak)
+
+    validation = None if every is None else base.Validation(every, score)
+    history = base.fit(
+        step_loss,
+        params,
+        config,
+        model=model,
+        generator=generator,
+        progress=False,
+        validation=validation,
+        **loop,
+    )
+    return model, history
+
+
+def same_tensors(a: nn.Module, b: nn.Module) -> bool:
+    left, right = a.state_dict(), b.state_dict()
+    return left.keys() == right.keys() and all(torch.equal(left[k], right[k]) for k in left)
+
+
+def test_training_ends_with_the_best_validated_step():
+    model, history = toy_run()
+    steps = [s for s, _ in history.validation]
+    assert steps == [2, 4, 6, 8, 10, 12], "every 2 steps and the last"
+    best_step, best_score = max(history.validation, key=lambda pair: pair[1])
+    assert history.selected == {"step": best_step, "val_accuracy": best_score}
+    assert 2 < best_step < 12, "the toy's score peaks inside the run"
+    # The same training stopped at that step has exactly the tensors that were kept.
+    shorter, _ = toy_run(replace(Toy(), meta_steps=best_step), every=None)
+    assert same_tensors(model, shorter)
+    assert history.steps == 12, "all steps ran; only the tensors come from the kept one"
+
+
+def test_without_validation_the_last_step_is_kept():
+    _, history = toy_run(every=None)
+    assert history.validation == [] and history.selected is None
+
+
+@pytest.mark.parametrize("stop_at_call", [2, 3])
+def test_a_stop_while_validating_resumes_to_the_same_choice(tmp_path, stop_at_call):
+    straight, history = toy_run()
+    state = tmp_path / "toy.resume.pt"
+    calls = []
+
+    def deadline(step, loss):  # stops after step 5
+        return step == 4
+
+    _, stopped = toy_run(resume_path=state, save_every=3, callback=deadline)
+    assert stopped.stopped_early and [s for s, _ in stopped.validation] == [2, 4]
+
+    # Ctrl-C inside the score of a later check: that check is redone on resume.
+    original = base.Validation
+
+    def interrupting(every, score, name="val_accuracy"):
+        def wrapped():
+            calls.append(1)
+            if len(calls) == stop_at_call:
+                raise KeyboardInterrupt
+            return score()
+
+        return original(every, wrapped, name)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(base, "Validation", interrupting)
+        with pytest.raises(KeyboardInterrupt):
+            toy_run(resume_path=state, save_every=3)
+    resumed, again = toy_run(resume_path=state, save_every=3)
+    assert again.validation == history.validation and again.selected == history.selected
+    assert same_tensors(resumed, straight)
+
+
+def test_the_sidecar_names_the_kept_step(tmp_path):
+    model, history = toy_run()
+    run = base.Run(Toy(), model, dict(model.named_parameters()), history, torch.device("cpu"))
+    _, json_path = base.save(run, tmp_path / "toy", state_dict=model.state_dict(), metrics={"a": 1})
+    sidecar = json.loads(json_path.read_text())
+    assert sidecar["metrics"]["a"] == 1
+    assert sidecar["metrics"]["selection"]["kept"] == history.selected
+    assert sidecar["metrics"]["selection"]["scores"] == history.validation
