@@ -63,7 +63,10 @@ _METRIC_SMOKE = (
     *("--meta-steps", "600", "--train-way", "5", "--k-query", "2", "--episodes", "4"),
     *_CHEAP_VALIDATION,
 )
-_MAML_SMOKE = ("--meta-steps", "250", "--meta-batch-size", "2", "--k-query", "2", "--episodes", "4")
+_MAML_SMOKE = (
+    *("--meta-steps", "250", "--meta-batch-size", "2", "--k-query", "2", "--episodes", "4"),
+    *_CHEAP_VALIDATION,
+)
 # Cheap first: the metric family and the transfer baseline take minutes on a GPU, MAML hours.
 JOBS = (
     Job(

@@ -25,9 +25,9 @@ from torch import Tensor, nn
 from metalib import checks, runtime, training
 from metalib.algorithms import maml
 from metalib.data import episodes, omniglot, splits
-from metalib.evaluation import TEST_K_QUERY, TEST_SEED, test_generator
+from metalib.evaluation import TEST_K_QUERY, TEST_SEED, VALIDATION_SEED, test_generator
 from metalib.models import ConvNet, clone_parameters, parameters_of
-from metalib.recipes.base import Config, Flag, Run, fit, load_weights
+from metalib.recipes.base import Config, Flag, Run, Validation, fit, load_weights
 from metalib.training import Curve, accuracy, check_outer_lr
 
 METHODS = ("maml", "fomaml")
@@ -57,6 +57,8 @@ class OmniglotConfig(Config):
     downsample: str = "stride"
     transductive_bn: bool = True  # False: running statistics at test time
     seed: int = 0
+    validate_every: int = 2_000  # steps between validation scores (vinyals only); 0: never
+    validation_episodes: int = 200
 
     FLAGS: ClassVar[dict[str, Flag]] = {
         "n_way": Flag("classes per episode"),
@@ -78,6 +80,11 @@ class OmniglotConfig(Config):
             choices={"transductive": True, "running": False},
         ),
         "seed": Flag("seed for weights and episode sampling"),
+        "validate_every": Flag(
+            "steps between accuracy checks (after the test-time steps) on the vinyals "
+            "validation classes; training keeps the best step (0: keep the last; lake has none)"
+        ),
+        "validation_episodes": Flag("test-shaped episodes of the validation classes per check"),
     }
 
     def __post_init__(self) -> None:
@@ -85,6 +92,7 @@ class OmniglotConfig(Config):
         minimums = {"n_way": 2, "k_shot": 1, "k_query": 1, "meta_batch_size": 1}
         self.check_counts({"meta_steps": 0, "inner_steps": 0, "test_inner_steps": 0, "seed": 0})
         self.check_counts(minimums)
+        self.check_counts({"validate_every": 0, "validation_episodes": 2})
         maml.check_hyperparameters(inner_lr=self.inner_lr, inner_steps=self.inner_steps)
         check_outer_lr(self.outer_lr, self.outer_lr_schedule)
         checks.one_of("scheme", self.scheme, splits.SCHEMES)
@@ -198,7 +206,26 @@ def train(
             first_order=config.first_order,
         )
 
-    history = fit(step_loss, params, config, model=model, generator=generator, **loop)
+    validation = None
+    if config.validate_every and "val" in splits.SPLITS[config.scheme]:
+        held_out = sampler_for(data, config, split="val", k_query=TEST_K_QUERY, device=dev)
+
+        def val_accuracy() -> float:
+            curve = accuracy_by_step(
+                model,
+                params,
+                held_out,
+                n_episodes=config.validation_episodes,
+                inner_lr=config.inner_lr,
+                max_steps=config.test_inner_steps,
+                seed=VALIDATION_SEED,
+            )
+            return curve.mean[config.test_inner_steps]
+
+        validation = Validation(config.validate_every, val_accuracy)
+    history = fit(
+        step_loss, params, config, model=model, generator=generator, validation=validation, **loop
+    )
     with torch.no_grad():  # the model itself holds the trained meta-parameters too
         for name, value in parameters_of(model).items():
             value.copy_(params[name])

@@ -1,0 +1,35 @@
+"""A shipped recipe re-created bit for bit: the command recorded in a reference checkpoint,
+made earlier on this project's CPU machine with the locked torch, run again in a fresh
+process, writes the same bytes (README, "Retraining the checkpoints")."""
+
+import json
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from metalib import checkpoints
+
+REFERENCE = Path(__file__).parent / "data" / "sinusoid_maml_200_steps"
+
+
+def test_the_sinusoid_recipe_recreates_its_reference_bit_for_bit(tmp_path):
+    sidecar = json.loads(REFERENCE.with_suffix(".json").read_text())
+    if sidecar["torch_version"] != torch.__version__:
+        pytest.skip(
+            f"the reference was made with torch {sidecar['torch_version']}; bit-for-bit "
+            f"equality is promised only with that release, not {torch.__version__}"
+        )
+    argv = shlex.split(sidecar["command"])
+    assert argv[:3] == ["python", "-m", "metalib"] and "--out" in argv
+    argv[argv.index("--out") + 1] = str(tmp_path / "again")
+    subprocess.run([sys.executable, *argv[1:]], check=True, capture_output=True)
+    again = json.loads((tmp_path / "again.json").read_text())
+    ours, theirs = checkpoints.load(tmp_path / "again"), checkpoints.load(REFERENCE)
+    for name, value in theirs["state_dict"].items():
+        assert torch.equal(ours["state_dict"][name], value), f"{name} differs"
+    assert again["sha256"] == sidecar["sha256"], "the same checkpoint, byte for byte"
+    assert again["metrics"] == sidecar["metrics"], "and the same test errors"
