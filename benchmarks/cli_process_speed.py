@@ -17,9 +17,10 @@ steps, as two whole processes timed from start to exit:
   one task at a time (``meta_step_speed.with_higher``), and ``torch.save`` of the weights.
   It does less than metalib's command: no test evaluation.
 
-Both processes get the same thread count. Equal work is checked after the runs: the two
-final networks must agree (max |Δw| below 1e-3; Adam amplifies rounding over many steps).
-It prints the two wall times, their ratio (target: at least 10×) and one JSON line.
+Both processes get the same thread count. Equal work is checked first: 20 steps of each
+must end with the same network (max |Δw| below 1e-5; over hundreds of Adam steps the two
+drift apart by rounding, so the timed runs are not compared). It prints the two wall times,
+their ratio (target: at least 10×) and one JSON line.
 """
 
 from __future__ import annotations
@@ -81,26 +82,30 @@ def main() -> None:
         return
     from metalib.recipes import load
 
-    with tempfile.TemporaryDirectory() as tmp:
+    def both(steps: int, tmp: str) -> tuple[dict[str, float], float]:
         ours = [
             sys.executable, "-m", "metalib", "train", "sinusoid-maml",
             "--meta-batch-size", str(META_BATCH), "--outer-lr", str(BETA),
-            "--meta-steps", str(args.steps), "--out", f"{tmp}/metalib", "--no-progress",
+            "--meta-steps", str(steps), "--out", f"{tmp}/metalib", "--no-progress",
         ]  # fmt: skip
         peer = [
             sys.executable, __file__, "--threads", str(args.threads),
-            "--higher-child", str(args.steps), f"{tmp}/higher.pt",
+            "--higher-child", str(steps), f"{tmp}/higher.pt",
         ]  # fmt: skip
         seconds = {"metalib": timed(ours, args.threads), "higher": timed(peer, args.threads)}
         trained = load(f"{tmp}/metalib.pt", device="cpu").model.state_dict()
         theirs = torch.load(f"{tmp}/higher.pt")
-        gap = max((trained[k] - theirs[k]).abs().max().item() for k in theirs)
-    assert gap < 1e-3, f"the two processes trained different networks (max |Δw| = {gap:.2e})"
+        return seconds, max((trained[k] - theirs[k]).abs().max().item() for k in theirs)
+
+    with tempfile.TemporaryDirectory() as tmp:
+        _, gap = both(20, tmp)
+        assert gap < 1e-5, f"20 steps trained different networks (max |Δw| = {gap:.2e})"
+        seconds, _ = both(args.steps, tmp)
     ratio = seconds["higher"] / seconds["metalib"]
     print(f"{args.steps} outer steps of MAML, 25 tasks each, {args.threads} threads")
     print(f"metalib command (with its test evaluation): {seconds['metalib']:8.1f} s")
     print(f"higher, the same training:                  {seconds['higher']:8.1f} s")
-    print(f"ratio: {ratio:.1f}× (target ≥ 10×); the networks agree to {gap:.1e}")
+    print(f"ratio: {ratio:.1f}× (target ≥ 10×); after 20 steps the networks agree to {gap:.1e}")
     print(
         json.dumps(
             {
@@ -108,7 +113,7 @@ def main() -> None:
                 "threads": args.threads,
                 "seconds": {k: round(v, 2) for k, v in seconds.items()},
                 "ratio": round(ratio, 2),
-                "max_weight_gap": gap,
+                "max_weight_gap_20_steps": gap,
             }
         )
     )
