@@ -113,6 +113,7 @@ benchmark: $(READERS)
 	$(BIN)/python -m pip install $(if $(LOCK),-c $(LOCK),) -e ".[bench]"
 	$(BIN)/python benchmarks/sinusoid_training_speed.py
 	$(BIN)/python benchmarks/meta_step_speed.py
+	$(BIN)/python benchmarks/cli_process_speed.py
 	$(BIN)/python benchmarks/omniglot_data_speed.py
 	$(BIN)/python benchmarks/omniglot_maml_speed.py
 	$(BIN)/python benchmarks/protonet_speed.py

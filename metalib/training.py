@@ -140,20 +140,36 @@ def train_loop(
         total=meta_steps,
     )
     updating = [False]  # True from optimizer.step() until the step is counted
+
+    def run_steps() -> None:
+        """One Adam step per iteration of ``bar``."""
+        for step in bar:
+            loss = step_loss(step)
+            value = float(loss.detach())
+            if not math.isfinite(value):
+                raise FloatingPointError(
+                    f"the loss became {value} at outer step {step}: lower outer_lr or inner_lr."
+                )
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            updating[0] = True
+            optimizer.step()
+            if schedule is not None:
+                schedule.step()
+            history.losses.append(value)
+            updating[0] = False
+            if after_step is not None:
+                after_step(step)
+            if not bar.disable and step % 100 == 0:
+                bar.set_postfix(loss=f"{value:.3f}", refresh=False)
+            if save_state is not None and (step + 1) % save_every == 0:
+                save_state(state(step + 1))
+            if callback is not None and callback(step, value):
+                history.stopped_early = True
+                break
+
     try:
-        _run(
-            step_loss,
-            optimizer,
-            schedule,
-            history,
-            bar,
-            callback,
-            save_state,
-            save_every,
-            state,
-            updating,
-            after_step,
-        )
+        run_steps()
     except KeyboardInterrupt:
         # Stopped inside a step: before its update nothing is lost (the caller rewinds its
         # sampling to the step's start); during the update the parameters are half-way, so
@@ -166,46 +182,6 @@ def train_loop(
     if save_state is not None:
         save_state(state(len(history.losses)))
     return history
-
-
-def _run(
-    step_loss,
-    optimizer,
-    schedule,
-    history,
-    bar,
-    callback,
-    save_state,
-    save_every,
-    state,
-    updating,
-    after_step,
-):
-    """The body of :func:`train_loop`: one Adam step per iteration of ``bar``."""
-    for step in bar:
-        loss = step_loss(step)
-        value = float(loss.detach())
-        if not math.isfinite(value):
-            raise FloatingPointError(
-                f"the loss became {value} at outer step {step}: lower outer_lr or inner_lr."
-            )
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        updating[0] = True
-        optimizer.step()
-        if schedule is not None:
-            schedule.step()
-        history.losses.append(value)
-        updating[0] = False
-        if after_step is not None:
-            after_step(step)
-        if not bar.disable and step % 100 == 0:
-            bar.set_postfix(loss=f"{value:.3f}", refresh=False)
-        if save_state is not None and (step + 1) % save_every == 0:
-            save_state(state(step + 1))
-        if callback is not None and callback(step, value):
-            history.stopped_early = True
-            break
 
 
 @dataclass(frozen=True)
