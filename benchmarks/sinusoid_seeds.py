@@ -10,6 +10,8 @@ overrides, trained on the CPU, then tested as its checkpoint's sidecar is: K = 5
 the 1,000 held-out tasks after 1, 5 and 10 steps. Beside the test error it records how
 training went (the loss of the first and last 100 steps, and the largest jump of the loss
 between consecutive 100-step means), which is what tells a diverging run from a slow one.
+For Reptile that "loss" is its surrogate, half the squared distance its inner loop moves the
+weights (``reptile.surrogate_loss``): small, and rising as the meta-learner learns to move.
 
 The targets are those of Finn et al. 2017 (Table 2, K = 5): MAML at most 0.38 after 5
 steps and 0.35 after 10; the pretrained baseline about 2.2 (2.23 and 2.19), here taken

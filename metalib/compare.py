@@ -9,7 +9,10 @@ are read from two kinds of evaluation output:
   the first 600 for MAML, all 1,000 for the others), and the sinusoid MSE over the same
   1,000 held-out tasks;
 - ``data/results/test_time_cost.json``, written by ``benchmarks/test_time_cost.py``:
-  the test-time cost of one task for each checkpoint, per device.
+  the test-time cost of one task for each checkpoint, per device;
+- ``data/results/sinusoid_seeds.json``, written by ``benchmarks/sinusoid_seeds.py``: every
+  sinusoid recipe trained with seeds 0 to 4 and tested as its checkpoint is (chapters 02
+  and 03 show it).
 
 ``python -m metalib evaluate PATH.pt`` re-runs any single evaluation;
 ``tests/test_shipped_checkpoints.py`` checks that the sidecars agree with it.
@@ -152,6 +155,39 @@ def test_time_cost(kind: str = "cpu") -> dict | None:
     return json.loads(path.read_text()).get(kind)
 
 
+def sinusoid_seeds() -> dict:
+    """The record of ``benchmarks/sinusoid_seeds.py``: ``{"runs": [...], "summary": {method:
+    {"seeds", "mse_1", "mse_5", "mse_10", ...}}, "targets", ...}``.
+
+    Raises:
+        FileNotFoundError: if the record is missing (run the benchmark to write it).
+    """
+    path = results_path().with_name("sinusoid_seeds.json")
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} is missing: run python benchmarks/sinusoid_seeds.py.")
+    return json.loads(path.read_text())
+
+
+def seed_table(record: dict, methods: tuple[str, ...]) -> str:
+    """Each method's K = 5 test MSE over seeds: one row per run, then mean ± sd."""
+    lines = [f"{'method':10s}{'seed':>5s}{'1 step':>9s}{'5 steps':>9s}{'10 steps':>10s}"]
+    for method in methods:
+        for run in (r for r in record["runs"] if r["method"] == method):
+            mse = [_number(run["mse"][s]) for s in ("1", "5", "10")]
+            lines.append(f"{method:10s}{run['seed']:>5d}{mse[0]:>9s}{mse[1]:>9s}{mse[2]:>10s}")
+        summary = record["summary"][method]
+        cells = [
+            f"{v['mean']:.3f} ± {v['sd']:.3f}" if "mean" in v else "diverged"
+            for v in (summary[f"mse_{s}"] for s in ("1", "5", "10"))
+        ]
+        lines.append(f"{method:10s}{'all':>5s}  " + " · ".join(cells) + "  (mean ± sd)")
+    return "\n".join(lines)
+
+
+def _number(value: float | None) -> str:
+    return "diverged" if value is None else f"{value:.3f}"
+
+
 def omniglot_rows(entries: list[Entry]) -> list[dict]:
     """One row per checkpoint and evaluated setting, best first within each setting.
 
@@ -244,7 +280,9 @@ __all__ = [
     "omniglot_rows",
     "omniglot_table",
     "results_path",
+    "seed_table",
     "sinusoid_entries",
+    "sinusoid_seeds",
     "sinusoid_table",
     "test_time_cost",
     "trained_on",

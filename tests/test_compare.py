@@ -111,3 +111,22 @@ def test_a_checkpoint_the_benchmark_has_not_timed_has_no_cost():
     record = {"omniglot": {"c": {"ms_per_task": 40.0}}, "sinusoid": {"s": {"ms_per_task": 1.0}}}
     assert compare.ms_per_task(record, "c") == 40.0 and compare.ms_per_task(record, "s") == 1.0
     assert compare.ms_per_task(record, "maml_omniglot_5w1s") is None
+
+
+def test_the_seed_record_covers_every_sinusoid_recipe_and_its_summary_agrees():
+    from metalib.recipes import sinusoid
+
+    record = compare.sinusoid_seeds()
+    for method in sinusoid.METHODS:
+        runs = [r for r in record["runs"] if r["method"] == method]
+        assert [r["seed"] for r in runs] == [0, 1, 2, 3, 4], method
+        summary = record["summary"][method]
+        for steps in ("1", "5", "10"):
+            values = [r["mse"][steps] for r in runs]
+            if None in values:  # some tasks diverged: no mean is given
+                assert "mean" not in summary[f"mse_{steps}"]
+                continue
+            mean = sum(values) / len(values)
+            assert abs(summary[f"mse_{steps}"]["mean"] - mean) < 1e-4, (method, steps)
+    table = compare.seed_table(record, sinusoid.METHODS)
+    assert table.count("(mean ± sd)") == len(sinusoid.METHODS)
