@@ -16,13 +16,14 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-from metalib import checks
+from metalib import checks, runtime
 from metalib.data import episodes, omniglot, splits
 from metalib.tasks import SinusoidTasks, TaskBatch
 from metalib.training import mean_ci95
 
 TEST_SEED = 2017  # test tasks and episodes come from their own generator, never a training seed
 VALIDATION_SEED = 2016  # the fixed validation episodes that training selects its step on
+QUICK_VALIDATION_EPISODES = 20  # quick mode's cap on the episodes of one validation check
 TEST_K_QUERY = 15  # query images per class in Omniglot test episodes
 
 
@@ -82,6 +83,12 @@ def evaluation_sampler(
     return episodes.EpisodeSampler(
         data, classes, n_way=n_way, k_shot=k_shot, k_query=TEST_K_QUERY, device=device
     )
+
+
+def validation_episodes(requested: int) -> int:
+    """Episodes per validation check: ``requested``, or at most 20 in quick mode
+    (``METALIB_QUICK``), which shrinks every budget."""
+    return min(requested, QUICK_VALIDATION_EPISODES) if runtime.quick() else requested
 
 
 def validation_sampler(

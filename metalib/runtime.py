@@ -3,7 +3,8 @@
 This is the only module of ``metalib`` that looks at environment variables:
 
 - ``METALIB_QUICK=1`` shrinks training budgets so that every notebook runs in about a
-  minute on two CPU cores (read once, by :func:`quick`);
+  minute on two CPU cores (read once, by :func:`quick`), validation checks included
+  (``evaluation.validation_episodes``);
 - ``METALIB_DATA`` is the data directory (default: ``data/`` at the repository root),
   where the Omniglot archives are found or downloaded to;
 - ``METALIB_CACHE`` is where derived files such as the 28×28 Omniglot tensor are written

@@ -117,3 +117,12 @@ def test_the_sidecar_names_the_kept_step(tmp_path):
     assert sidecar["metrics"]["a"] == 1
     assert sidecar["metrics"]["selection"]["kept"] == history.selected
     assert sidecar["metrics"]["selection"]["scores"] == history.validation
+
+
+def test_quick_mode_caps_the_validation_episodes(monkeypatch):
+    from metalib import evaluation, runtime
+
+    monkeypatch.setattr(runtime, "quick", lambda: True)
+    assert evaluation.validation_episodes(200) == 20 and evaluation.validation_episodes(4) == 4
+    monkeypatch.setattr(runtime, "quick", lambda: False)
+    assert evaluation.validation_episodes(200) == 200

@@ -25,7 +25,13 @@ from torch import Tensor, nn
 from metalib import checks, runtime, training
 from metalib.algorithms import maml
 from metalib.data import episodes, omniglot, splits
-from metalib.evaluation import TEST_K_QUERY, TEST_SEED, VALIDATION_SEED, test_generator
+from metalib.evaluation import (
+    TEST_K_QUERY,
+    TEST_SEED,
+    VALIDATION_SEED,
+    test_generator,
+    validation_episodes,
+)
 from metalib.models import ConvNet, clone_parameters, parameters_of
 from metalib.recipes.base import Config, Flag, Run, Validation, fit, load_weights
 from metalib.training import Curve, accuracy, check_outer_lr
@@ -215,7 +221,7 @@ def train(
                 model,
                 params,
                 held_out,
-                n_episodes=config.validation_episodes,
+                n_episodes=validation_episodes(config.validation_episodes),
                 inner_lr=config.inner_lr,
                 max_steps=config.test_inner_steps,
                 seed=VALIDATION_SEED,

@@ -30,6 +30,7 @@ from metalib.evaluation import (
     accuracy_over_episodes,
     evaluation_sampler,
     score,
+    validation_episodes,
     validation_sampler,
 )
 from metalib.models import ConvEmbedding
@@ -192,7 +193,11 @@ def train(
 
         def val_accuracy() -> float:
             accuracy = per_episode_accuracy(
-                model, config, held_out, n_episodes=config.validation_episodes, seed=VALIDATION_SEED
+                model,
+                config,
+                held_out,
+                n_episodes=validation_episodes(config.validation_episodes),
+                seed=VALIDATION_SEED,
             )
             return float(accuracy.mean())
 

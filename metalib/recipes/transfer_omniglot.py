@@ -29,6 +29,7 @@ from metalib.evaluation import (
     accuracy_over_episodes,
     evaluation_sampler,
     score,
+    validation_episodes,
     validation_sampler,
 )
 from metalib.recipes.base import Config, Flag, Run, Validation, fit, load_weights
@@ -144,7 +145,11 @@ def train(
 
         def val_accuracy() -> float:
             found = score_of(
-                model, config, held_out, n_episodes=config.validation_episodes, seed=VALIDATION_SEED
+                model,
+                config,
+                held_out,
+                n_episodes=validation_episodes(config.validation_episodes),
+                seed=VALIDATION_SEED,
             )
             return found.mean
 
