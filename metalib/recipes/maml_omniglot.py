@@ -31,6 +31,7 @@ from metalib.evaluation import (
     VALIDATION_SEED,
     test_generator,
     validation_episodes,
+    validation_sampler,
 )
 from metalib.models import ConvNet, clone_parameters, parameters_of
 from metalib.recipes.base import Config, Flag, Run, Validation, fit, load_weights
@@ -212,9 +213,12 @@ def train(
             first_order=config.first_order,
         )
 
-    validation = None
-    if config.validate_every and "val" in splits.SPLITS[config.scheme]:
-        held_out = sampler_for(data, config, split="val", k_query=TEST_K_QUERY, device=dev)
+    validation, held_out = None, None
+    if config.validate_every:  # None for a split without validation classes (lake)
+        held_out = validation_sampler(
+            data, scheme=config.scheme, n_way=config.n_way, k_shot=config.k_shot, device=dev
+        )
+    if held_out is not None:
 
         def val_accuracy() -> float:
             curve = accuracy_by_step(

@@ -185,11 +185,12 @@ def train(
         return episode_loss(model, config, batch)
 
     params = dict(model.named_parameters())
-    validation = None
-    held_out = validation_sampler(
-        data, scheme=config.scheme, n_way=config.n_way, k_shot=config.k_shot, device=dev
-    )
-    if config.validate_every and held_out is not None:
+    validation, held_out = None, None
+    if config.validate_every:  # None for a split without validation classes (lake)
+        held_out = validation_sampler(
+            data, scheme=config.scheme, n_way=config.n_way, k_shot=config.k_shot, device=dev
+        )
+    if held_out is not None:
 
         def val_accuracy() -> float:
             accuracy = per_episode_accuracy(

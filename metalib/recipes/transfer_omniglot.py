@@ -139,9 +139,10 @@ def train(
         return F.cross_entropy(model(x), index // drawers)
 
     params = dict(model.named_parameters())
-    validation = None
-    held_out = validation_sampler(data, scheme=config.scheme, n_way=5, k_shot=1, device=dev)
-    if config.validate_every and held_out is not None:
+    validation, held_out = None, None
+    if config.validate_every:  # None for a split without validation classes (lake)
+        held_out = validation_sampler(data, scheme=config.scheme, n_way=5, k_shot=1, device=dev)
+    if held_out is not None:
 
         def val_accuracy() -> float:
             found = score_of(
