@@ -12,7 +12,7 @@ exact, not a linearisation. Taught in ``notebooks/03_beyond_maml.ipynb``.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -32,6 +32,58 @@ def _flat_hessian(loss_of, group: dict[str, Tensor]) -> Tensor:
     return torch.cat(rows, 0)
 
 
+def _check(x_support: Tensor, y_support: Tensor, params, groups) -> None:
+    if x_support.ndim != 3 or x_support.shape != y_support.shape:
+        raise ValueError(
+            f"x_support {tuple(x_support.shape)} and y_support {tuple(y_support.shape)} "
+            "must both be (tasks, K, 1)."
+        )
+    for label, names in groups.items():
+        unknown = sorted(set(names) - set(params))
+        if not names or unknown:
+            raise ValueError(f"group {label!r} names {unknown or 'no'} parameters of the model.")
+
+
+def support_hessians(
+    model: nn.Module,
+    params: Mapping[str, Tensor],
+    x_support: Tensor,
+    y_support: Tensor,
+    groups: Mapping[str, Sequence[str]],
+) -> Iterator[dict[str, Tensor]]:
+    """Per task, ``{label: H_gg}``: the float64 Hessian of the task's support loss (MSE)
+    at ``params`` with respect to each group's weights (flattened, in the group's order),
+    the other weights held fixed. ``x_support`` and ``y_support`` are ``(tasks, K, 1)``."""
+    _check(x_support, y_support, params, groups)
+    frozen = {k: v.detach() for k, v in params.items()}
+    for xs, ys in zip(x_support, y_support, strict=True):
+
+        def loss_of(sub: dict[str, Tensor], xs=xs, ys=ys) -> Tensor:
+            return F.mse_loss(functional_call(model, {**frozen, **sub}, (xs,)), ys)
+
+        yield {
+            label: _flat_hessian(loss_of, {n: frozen[n] for n in names}).double()
+            for label, names in groups.items()
+        }
+
+
+def top_curvatures(
+    model: nn.Module,
+    params: Mapping[str, Tensor],
+    x_support: Tensor,
+    y_support: Tensor,
+    *,
+    groups: Mapping[str, Sequence[str]],
+) -> dict[str, Tensor]:
+    """Per task, the largest eigenvalue λ_max of each group's support-loss Hessian:
+    ``{label: (tasks,) float64 tensor}``. One scalar step α settles iff ``α λ_max < 2``."""
+    out: dict[str, list[float]] = {label: [] for label in groups}
+    for hessians in support_hessians(model, params, x_support, y_support, groups):
+        for label, h in hessians.items():
+            out[label].append(torch.linalg.eigvalsh(h)[-1].item())
+    return {label: torch.tensor(values, dtype=torch.float64) for label, values in out.items()}
+
+
 def growth_factors(
     model: nn.Module,
     params: Mapping[str, Tensor],
@@ -45,41 +97,25 @@ def growth_factors(
 
     ``groups`` maps a label to parameter names (e.g. a layer's weight and bias); the factor
     is the largest ``|1 − μ|`` over the eigenvalues μ of ``diag(α) H_gg``, where ``H_gg`` is
-    the block of the support-loss Hessian (MSE) at ``params`` for that group, the other
-    weights held fixed. Eigenvalues that are zero are left out: with K points and more
-    weights than K the Hessian is singular, and a step does not move the weights along the
-    directions it cannot see. Returns ``{label: (tasks,) tensor}`` (float64). Above 1:
-    repeated steps of that group grow without bound near ``params``; below 1: they settle.
+    the group's block of the support-loss Hessian (:func:`support_hessians`). Eigenvalues
+    that are zero are left out: with K points and more weights than K the Hessian is
+    singular, and a step does not move the weights along the directions it cannot see.
+    Returns ``{label: (tasks,) tensor}`` (float64). Above 1: repeated steps of that group
+    grow without bound near ``params``; below 1: they settle.
 
-    ``x_support`` and ``y_support`` are ``(tasks, K, 1)``. One Hessian per task and group:
-    use tens of tasks for layers with thousands of weights.
+    One Hessian per task and group: use tens of tasks for layers with thousands of weights.
     """
-    if x_support.ndim != 3 or x_support.shape != y_support.shape:
-        raise ValueError(
-            f"x_support {tuple(x_support.shape)} and y_support {tuple(y_support.shape)} "
-            "must both be (tasks, K, 1)."
-        )
-    for label, names in groups.items():
-        unknown = sorted(set(names) - set(params))
-        if not names or unknown:
-            raise ValueError(f"group {label!r} names {unknown or 'no'} parameters of the model.")
     if isinstance(inner_lr, Mapping):
         missing = sorted({n for names in groups.values() for n in names} - set(inner_lr))
         if missing:
             raise ValueError(f"inner_lr has no step sizes for {missing}.")
     elif isinstance(inner_lr, bool) or not isinstance(inner_lr, int | float):
         raise ValueError(f"inner_lr={inner_lr!r} must be a number or a dict of tensors.")
-    frozen = {k: v.detach() for k, v in params.items()}
     out: dict[str, list[float]] = {label: [] for label in groups}
-    for xs, ys in zip(x_support, y_support, strict=True):
-        for label, names in groups.items():
-            group = {n: frozen[n] for n in names}
-
-            def loss_of(sub: dict[str, Tensor], xs=xs, ys=ys) -> Tensor:
-                return F.mse_loss(functional_call(model, {**frozen, **sub}, (xs,)), ys)
-
-            h = _flat_hessian(loss_of, group).double()
+    for hessians in support_hessians(model, params, x_support, y_support, groups):
+        for label, h in hessians.items():
             if isinstance(inner_lr, Mapping):
+                names = groups[label]
                 steps = torch.cat([inner_lr[n].detach().flatten() for n in names]).double()
             else:
                 steps = torch.full((h.shape[0],), float(inner_lr), dtype=torch.float64)

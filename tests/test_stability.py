@@ -10,7 +10,7 @@ from torch.func import functional_call
 
 from metalib.algorithms import maml
 from metalib.models import SinusoidMLP, parameters_of
-from metalib.stability import growth_factors
+from metalib.stability import growth_factors, top_curvatures
 from metalib.tasks import SinusoidTasks
 
 
@@ -27,6 +27,8 @@ def test_a_linear_model_has_the_closed_form_factor():
         eigenvalues = torch.linalg.eigvalsh(2 / 6 * design.mT @ design)
         expected = (1 - alpha * eigenvalues).abs().amax(-1)  # two points or more: full rank
         torch.testing.assert_close(got, expected)
+    curvature = top_curvatures(model, params, xs, ys, groups=groups)["all"]
+    torch.testing.assert_close(curvature, eigenvalues[:, -1])
 
 
 def test_per_weight_steps_use_each_weights_own_step():
@@ -57,6 +59,8 @@ def test_the_factor_of_a_head_decides_whether_its_steps_settle():
     xs, ys = tasks.support
     factors = growth_factors(model, params, xs, ys, inner_lr=ALPHA, groups={"head": head})["head"]
     assert (factors > 1.2).any() and (factors < 1).any(), factors
+    curvature = top_curvatures(model, params, xs, ys, groups={"head": head})["head"]
+    assert torch.equal(factors > 1, ALPHA * curvature > 2)  # the head's Hessian is PSD
 
     def support_loss(p, x, y):
         return F.mse_loss(functional_call(model, p, (x,)), y).item()
