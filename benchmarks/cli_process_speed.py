@@ -9,7 +9,8 @@ per outer step, K = 10, one inner step of 0.01, Adam at 0.001), for ``--steps`` 
 steps, as two whole processes timed from start to exit:
 
 - **metalib**: ``python -m metalib train sinusoid-maml --meta-batch-size 25 --outer-lr
-  0.001 --meta-steps N --out TMP --no-progress``: start-up and imports, training, the test
+  0.001 --inner-steps 1 --meta-steps N --out TMP --no-progress`` (the paper's one inner
+  step; the shipped recipe takes two): start-up and imports, training, the test
   evaluation its sidecar records (1,000 tasks after 0 to 10 steps) and writing the
   checkpoint;
 - **higher**: this script as a child (``--higher-child``): start-up and imports, the same
@@ -85,7 +86,7 @@ def main() -> None:
     def both(steps: int, tmp: str) -> tuple[dict[str, float], float]:
         ours = [
             sys.executable, "-m", "metalib", "train", "sinusoid-maml",
-            "--meta-batch-size", str(META_BATCH), "--outer-lr", str(BETA),
+            "--meta-batch-size", str(META_BATCH), "--outer-lr", str(BETA), "--inner-steps", "1",
             "--meta-steps", str(steps), "--out", f"{tmp}/metalib", "--no-progress",
         ]  # fmt: skip
         peer = [

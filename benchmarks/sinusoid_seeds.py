@@ -3,7 +3,7 @@
 Run from the repository root (about 8 minutes per seed for all six recipes on 2 CPU cores)::
 
     python benchmarks/sinusoid_seeds.py [--methods maml pretrain] [--seeds 0 1 2 3 4] \
-        [--set outer_lr_schedule=cosine] [--out data/results/sinusoid_seeds.json]
+        [--set outer_lr_schedule=cosine] [--out data/results/sinusoid_seeds.json] [--update]
 
 Each run is the shipped recipe (``sinusoid.config``) with its seed and the ``--set``
 overrides, trained on the CPU, then tested as its checkpoint's sidecar is: K = 5, MSE over
@@ -17,6 +17,8 @@ The targets are those of Finn et al. 2017 (Table 2, K = 5): MAML at most 0.38 af
 steps and 0.35 after 10; the pretrained baseline about 2.2 (2.23 and 2.19), here taken
 as within ±0.25. The other methods have no target there and are reported as they are.
 The record is written after every run (atomically), so a stopped record keeps its runs.
+``--update`` reruns only the named methods in an existing record (after a change to their
+recipes), keeping the other methods' runs.
 """
 
 from __future__ import annotations
@@ -108,6 +110,21 @@ def summarise(rows: list[dict]) -> dict[str, dict[str, object]]:
     return out
 
 
+def kept_runs(path: Path, record: dict, methods: list[str]) -> list[dict]:
+    """The runs of the record at ``path`` whose method is not in ``methods``, if that record
+    was made with the same overrides, device and torch (else the update would mix them)."""
+    if not path.exists():
+        raise SystemExit(f"--update: there is no record at {path}; run without --update.")
+    earlier = json.loads(path.read_text())
+    for key in ("overrides", "device", "torch"):
+        if earlier[key] != record[key]:
+            raise SystemExit(
+                f"--update: {path} was made with {key}={earlier[key]!r}, this run has "
+                f"{record[key]!r}; rerun every method instead."
+            )
+    return [run for run in earlier["runs"] if run["method"] not in methods]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--methods", nargs="+", default=list(sinusoid.METHODS))
@@ -115,6 +132,12 @@ def main() -> None:
     parser.add_argument("--set", type=parse_override, action="append", default=[])
     parser.add_argument("--threads", type=int, default=2, help="CPU threads (default: 2)")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    parser.add_argument(
+        "--update",
+        action="store_true",
+        help="replace only these methods' runs in the record at --out, keeping the others "
+        "(after a change to some recipes)",
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     overrides = dict(args.set)
@@ -126,6 +149,8 @@ def main() -> None:
         "targets": {m: {str(s): t for s, t in v.items()} for m, v in TARGETS.items()},
         "runs": [],
     }
+    if args.update:
+        record["runs"] = kept_runs(args.out, record, args.methods)
     print(
         f"{'method':10s}{'seed':>5s}{'1 step':>9s}{'5 steps':>9s}{'10 steps':>9s}"
         f"{'last loss':>11s}{'rise':>7s}{'s':>7s}  target"
@@ -134,6 +159,7 @@ def main() -> None:
         for seed in args.seeds:
             row = one_run(method, seed, overrides)
             record["runs"].append(row)
+            record["runs"].sort(key=lambda r: (sinusoid.METHODS.index(r["method"]), r["seed"]))
             record["summary"] = summarise(record["runs"])
             args.out.parent.mkdir(parents=True, exist_ok=True)
             files.atomic_write(args.out, (json.dumps(record, indent=1) + "\n").encode())

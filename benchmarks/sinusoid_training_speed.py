@@ -69,7 +69,7 @@ def main() -> None:
     )
     print(
         f"setting: second-order MAML, meta-batch {config.meta_batch_size}, K={config.k_shot}, "
-        f"{config.inner_steps} inner step, 1-40-40-1 MLP"
+        f"{config.inner_steps} inner step{'s' if config.inner_steps != 1 else ''}, 1-40-40-1 MLP"
     )
 
     check_equal_work(config, device)

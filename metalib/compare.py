@@ -25,7 +25,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from metalib import checkpoints, pretrained, runtime
+from metalib import checkpoints, checks, pretrained, runtime
 
 SETTINGS = ("5-way 1-shot", "5-way 5-shot", "20-way 1-shot", "20-way 5-shot")
 
@@ -129,12 +129,27 @@ def sinusoid_entries(*, k_shot: int = 5) -> list[Entry]:
         elif recipe.startswith("sinusoid-"):
             results = dict(metrics[f"test_mse_k{k_shot}_1000_tasks"])
             method, family = SINUSOID_METHODS[recipe.removeprefix("sinusoid-")]
+            method += _variant(recipe, sidecar["config"])
             paper = {str(s): v for s, v in PAPER_SINUSOID.get(method, {}).items()}
             entry = Entry(name, method, family, results, paper, **_training(sidecar))
         else:
             continue
         entries.append(entry)
     return entries
+
+
+def _variant(recipe: str, config: dict) -> str:
+    """What a sinusoid checkpoint's config changes from its recipe's, e.g. `` (k_shot=5)``
+    (training budgets and the seed aside); empty for the recipe itself."""
+    from metalib.recipes import sinusoid
+
+    defaults = sinusoid.config(recipe).to_dict()
+    changed = [
+        f"{k}={v}"
+        for k, v in sorted(config.items())
+        if k not in ("meta_steps", "seed") and k in defaults and defaults[k] != v
+    ]
+    return f" ({', '.join(changed)})" if changed else ""
 
 
 def results_path() -> Path:
@@ -155,14 +170,34 @@ def test_time_cost(kind: str = "cpu") -> dict | None:
     return json.loads(path.read_text()).get(kind)
 
 
-def sinusoid_seeds() -> dict:
-    """The record of ``benchmarks/sinusoid_seeds.py``: ``{"runs": [...], "summary": {method:
-    {"seeds", "mse_1", "mse_5", "mse_10", ...}}, "targets", ...}``.
+SEED_RECORDS = {  # name: (file in data/results, what it holds)
+    "shipped": ("sinusoid_seeds.json", "the shipped recipes"),
+    "maml_one_inner_step": (
+        "sinusoid_seeds_one_inner_step.json",
+        "MAML trained with the paper's one inner step",
+    ),
+    "fomaml_two_inner_steps": (
+        "sinusoid_seeds_fomaml_two_inner_steps.json",
+        "FOMAML trained with two inner steps",
+    ),
+    "meta_sgd_5_steps": (
+        "sinusoid_seeds_meta_sgd_5_steps.json",
+        "Meta-SGD trained with five inner steps, its step sizes kept in [0, 0.1]",
+    ),
+    "anil_k5": ("sinusoid_seeds_anil_k5.json", "ANIL trained with K = 5 support points"),
+}
+
+
+def sinusoid_seeds(name: str = "shipped") -> dict:
+    """A record of ``benchmarks/sinusoid_seeds.py``: ``{"runs": [...], "summary": {method:
+    {"seeds", "mse_1", "mse_5", "mse_10", ...}}, "targets", "overrides", ...}``. ``name``
+    is one of :data:`SEED_RECORDS`: the shipped recipes, or an alternative that was measured.
 
     Raises:
         FileNotFoundError: if the record is missing (run the benchmark to write it).
     """
-    path = results_path().with_name("sinusoid_seeds.json")
+    checks.one_of("name", name, tuple(SEED_RECORDS))
+    path = results_path().with_name(SEED_RECORDS[name][0])
     if not path.is_file():
         raise FileNotFoundError(f"{path} is missing: run python benchmarks/sinusoid_seeds.py.")
     return json.loads(path.read_text())

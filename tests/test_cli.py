@@ -182,7 +182,8 @@ def test_every_recipe_trains_saves_and_evaluates(recipe, tmp_path, capsys):
     assert code == 0, err
     config = json.loads((tmp_path / f"{recipe}.json").read_text())["config"]
     assert config["method"] == recipe
-    assert config["inner_steps"] == (5 if recipe in ("reptile", "anil") else 1)
+    expected = {"maml": 2, "reptile": 5, "anil": 5, "pretrain": 0}.get(recipe, 1)
+    assert config["inner_steps"] == expected
     assert config["first_order"] == (recipe == "fomaml")
     code, out, err = run(
         ["evaluate", str(stem) + ".pt", "--tasks", "20", "--device", "cpu"], capsys

@@ -130,3 +130,38 @@ def test_the_seed_record_covers_every_sinusoid_recipe_and_its_summary_agrees():
             assert abs(summary[f"mse_{steps}"]["mean"] - mean) < 1e-4, (method, steps)
     table = compare.seed_table(record, sinusoid.METHODS)
     assert table.count("(mean ± sd)") == len(sinusoid.METHODS)
+
+
+def test_every_seed_of_the_shipped_maml_recipe_meets_the_papers_targets():
+    """Finn et al. 2017, K = 5: at most 0.38 after 5 steps and 0.35 after 10, every seed."""
+    record = compare.sinusoid_seeds()
+    runs = [r for r in record["runs"] if r["method"] == "maml"]
+    assert len(runs) == 5 and record["overrides"] == {}
+    for run in runs:
+        assert run["mse"]["5"] <= 0.38 and run["mse"]["10"] <= 0.35, run
+        assert run["within_target"] and run["diverged_tasks"]["10"] == 0
+
+
+@pytest.mark.parametrize(
+    ("name", "method", "overrides"),
+    [
+        ("maml_one_inner_step", "maml", {"inner_steps": 1}),
+        ("fomaml_two_inner_steps", "fomaml", {"inner_steps": 2}),
+        ("meta_sgd_5_steps", "meta-sgd", {"inner_steps": 5, "clip_steps": 0.1}),
+        ("anil_k5", "anil", {"k_shot": 5}),
+    ],
+)
+def test_the_measured_alternatives_say_what_they_changed(name, method, overrides):
+    from metalib.recipes import sinusoid
+
+    record = compare.sinusoid_seeds(name)
+    assert record["overrides"] == overrides
+    assert {r["method"] for r in record["runs"]} == {method}
+    assert [r["seed"] for r in record["runs"]] == [0, 1, 2, 3, 4]
+    shipped = sinusoid.config(f"sinusoid-{method}")
+    assert any(getattr(shipped, k) != v for k, v in overrides.items()), "not an alternative"
+
+
+def test_an_unknown_seed_record_is_named():
+    with pytest.raises(ValueError, match="name='nope'"):
+        compare.sinusoid_seeds("nope")

@@ -79,3 +79,46 @@ def test_step_sizes_must_be_tensors():
         maml.adapt(
             model, parameters_of(model), *tasks.task(0).support, inner_lr={"net.0.weight": 0.01}
         )
+
+
+def test_clipped_steps_are_projected_after_every_outer_step():
+    """With a large outer step some learned step sizes leave [0, 0.05]; projected, none do."""
+    from metalib.recipes import sinusoid
+
+    free, kept = (
+        sinusoid.train(
+            sinusoid.config(
+                "sinusoid-meta-sgd",
+                meta_steps=30,
+                meta_batch_size=8,
+                outer_lr=0.05,
+                clip_steps=0.05 if projected else 0.0,
+            ),
+            device="cpu",
+            progress=False,
+        )
+        for projected in (False, True)
+    )
+
+    def extremes(run):
+        steps = torch.cat([v.flatten() for v in sinusoid.learner_of(run).inner_lr.values()])
+        return steps.min().item(), steps.max().item()
+
+    assert extremes(free)[0] < 0 and extremes(free)[1] > 0.05
+    low, high = extremes(kept)
+    assert low == 0.0 and high == pytest.approx(0.05), (low, high)  # both reached, none crossed
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"method": "maml", "clip_steps": 0.1}, "clip_steps=0.1 is for learned step sizes"),
+        ({"method": "meta-sgd", "clip_steps": 0.1, "inner_lr": 0.5}, "inside \\[0, 0.1\\]"),
+        ({"method": "meta-sgd", "clip_steps": -1.0}, "clip_steps=-1.0"),
+    ],
+)
+def test_clip_steps_refuses_what_it_cannot_keep(overrides, message):
+    from metalib.recipes import sinusoid
+
+    with pytest.raises(ValueError, match=message):
+        sinusoid.SinusoidConfig(**overrides)

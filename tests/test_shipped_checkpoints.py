@@ -22,6 +22,8 @@ NAMES = [
     "sinusoid_meta_sgd",
     "sinusoid_anil",
     "sinusoid_pretrain",
+    "sinusoid_meta_sgd_5_steps",
+    "sinusoid_anil_k5",
 ]
 
 
@@ -68,6 +70,22 @@ def test_every_meta_learner_beats_the_baseline(results, name):
 
 def test_meta_sgd_beats_maml_after_one_step(results):
     assert results["sinusoid_meta_sgd"]["1"]["mean"] < results["sinusoid_maml"]["1"]["mean"]
+
+
+def test_the_fixes_of_chapter_03_stop_the_repeated_steps_from_overshooting(results):
+    """Meta-SGD trained for 5 steps in [0, 0.1] and ANIL trained with K = 5: no task
+    diverges, the error keeps falling to step 10, and each beats its one-step/K = 10 form
+    after 10 steps (where Meta-SGD diverged and ANIL's interval was wide)."""
+    for fixed, shipped in (
+        ("sinusoid_meta_sgd_5_steps", "sinusoid_meta_sgd"),
+        ("sinusoid_anil_k5", "sinusoid_anil"),
+    ):
+        mse = results[fixed]
+        assert all(v["diverged_tasks"] == 0 for v in mse.values()), fixed
+        assert mse["10"]["mean"] < mse["5"]["mean"] < mse["1"]["mean"], fixed
+        before = results[shipped]["10"]
+        assert before["diverged_tasks"] > 0 or before["mean"] > mse["10"]["mean"], fixed
+    assert results["sinusoid_meta_sgd_5_steps"]["5"]["mean"] < results["sinusoid_maml"]["5"]["mean"]
 
 
 @pytest.mark.parametrize("name", NAMES)

@@ -156,6 +156,7 @@ def fit(
     resume_path: str | os.PathLike[str] | None = None,
     save_every: int = 200,
     validation: Validation | None = None,
+    project: Callable[[], None] | None = None,
 ) -> History:
     """Adam on ``params`` for ``config.meta_steps`` steps of ``step_loss``, resumably.
 
@@ -173,6 +174,9 @@ def fit(
         validation: score the network every ``validation.every`` steps and at the last
             step, and end with the best step's parameters and buffers (the scores and the
             best step's tensors are part of the resume state).
+        project: called after every update, before validation and saving, to put the
+            parameters back into their allowed set in place (projected gradient descent,
+            e.g. Meta-SGD's step sizes kept in [0, clip_steps]).
 
     Raises:
         ValueError: if ``generator`` is not a CPU generator, or ``resume_path`` is
@@ -209,6 +213,12 @@ def fit(
                 "buffers": {k: v.detach().cpu().clone() for k, v in model.named_buffers()},
             }
         chosen.update(scores=[*chosen["scores"], [done, score]], best=best)  # all at once
+
+    def after_step(step: int) -> None:
+        if project is not None:
+            with torch.no_grad():
+                project()
+        validate(step)
 
     resume, save_state = None, None
     if resume_path is not None:
@@ -249,7 +259,7 @@ def fit(
         resume=resume,
         save_state=save_state,
         save_every=save_every,
-        after_step=validate if validation is not None else None,
+        after_step=None if validation is None and project is None else after_step,
     )
     history.validation = [list(pair) for pair in chosen["scores"]]
     best = chosen["best"]
