@@ -108,9 +108,9 @@ checkpoints: $(READERS)
 	    $(BIN)/python -m metalib train sinusoid-$$recipe --out data/checkpoints/sinusoid_$$name \
 	        --no-progress || exit 1; \
 	done
-	# Meta-SGD trained for five steps, its step sizes kept in [0, 0.1] (chapter 03)
+	# Meta-SGD trained for five steps, its step sizes kept in [0, 0.05], β = 0.001 (chapter 03)
 	$(BIN)/python -m metalib train sinusoid-meta-sgd --out data/checkpoints/sinusoid_meta_sgd_5_steps \
-	    --inner-steps 5 --clip-steps 0.1 --no-progress
+	    --inner-steps 5 --clip-steps 0.05 --outer-lr 0.001 --no-progress
 	# ANIL trained on support sets of the K = 5 it is tested with (chapter 03)
 	$(BIN)/python -m metalib train sinusoid-anil --out data/checkpoints/sinusoid_anil_k5 --k-shot 5 \
 	    --no-progress

@@ -182,7 +182,7 @@ SEED_RECORDS = {  # name: (file in data/results, what it holds)
     ),
     "meta_sgd_5_steps": (
         "sinusoid_seeds_meta_sgd_5_steps.json",
-        "Meta-SGD trained with five inner steps, its step sizes kept in [0, 0.1]",
+        "Meta-SGD trained with five inner steps, its step sizes kept in [0, 0.05], β = 0.001",
     ),
     "anil_k5": ("sinusoid_seeds_anil_k5.json", "ANIL trained with K = 5 support points"),
 }

@@ -147,7 +147,11 @@ def test_every_seed_of_the_shipped_maml_recipe_meets_the_papers_targets():
     [
         ("maml_one_inner_step", "maml", {"inner_steps": 1}),
         ("fomaml_two_inner_steps", "fomaml", {"inner_steps": 2}),
-        ("meta_sgd_5_steps", "meta-sgd", {"inner_steps": 5, "clip_steps": 0.1}),
+        (
+            "meta_sgd_5_steps",
+            "meta-sgd",
+            {"inner_steps": 5, "clip_steps": 0.05, "outer_lr": 0.001},
+        ),
         ("anil_k5", "anil", {"k_shot": 5}),
     ],
 )

@@ -73,7 +73,7 @@ def test_meta_sgd_beats_maml_after_one_step(results):
 
 
 def test_the_fixes_of_chapter_03_stop_the_repeated_steps_from_overshooting(results):
-    """Meta-SGD trained for 5 steps in [0, 0.1] and ANIL trained with K = 5: no task
+    """Meta-SGD trained for 5 steps in [0, 0.05] and ANIL trained with K = 5: no task
     diverges, the error keeps falling to step 10, and each beats its one-step/K = 10 form
     after 10 steps (where Meta-SGD diverged and ANIL's interval was wide)."""
     for fixed, shipped in (
