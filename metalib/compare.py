@@ -170,21 +170,12 @@ def test_time_cost(kind: str = "cpu") -> dict | None:
     return json.loads(path.read_text()).get(kind)
 
 
-SEED_RECORDS = {  # name: (file in data/results, what it holds)
-    "shipped": ("sinusoid_seeds.json", "the shipped recipes"),
-    "maml_one_inner_step": (
-        "sinusoid_seeds_one_inner_step.json",
-        "MAML trained with the paper's one inner step",
-    ),
-    "fomaml_two_inner_steps": (
-        "sinusoid_seeds_fomaml_two_inner_steps.json",
-        "FOMAML trained with two inner steps",
-    ),
-    "meta_sgd_5_steps": (
-        "sinusoid_seeds_meta_sgd_5_steps.json",
-        "Meta-SGD trained with five inner steps, its step sizes kept in [0, 0.05], β = 0.001",
-    ),
-    "anil_k5": ("sinusoid_seeds_anil_k5.json", "ANIL trained with K = 5 support points"),
+SEED_RECORDS = {  # name: its file in data/results
+    "shipped": "sinusoid_seeds.json",  # the shipped recipes
+    "maml_one_inner_step": "sinusoid_seeds_one_inner_step.json",  # the paper's one step
+    "fomaml_two_inner_steps": "sinusoid_seeds_fomaml_two_inner_steps.json",
+    "meta_sgd_5_steps": "sinusoid_seeds_meta_sgd_5_steps.json",  # steps in [0, 0.05]
+    "anil_k5": "sinusoid_seeds_anil_k5.json",  # trained with K = 5
 }
 
 
@@ -197,7 +188,7 @@ def sinusoid_seeds(name: str = "shipped") -> dict:
         FileNotFoundError: if the record is missing (run the benchmark to write it).
     """
     checks.one_of("name", name, tuple(SEED_RECORDS))
-    path = results_path().with_name(SEED_RECORDS[name][0])
+    path = results_path().with_name(SEED_RECORDS[name])
     if not path.is_file():
         raise FileNotFoundError(f"{path} is missing: run python benchmarks/sinusoid_seeds.py.")
     return json.loads(path.read_text())

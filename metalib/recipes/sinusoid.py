@@ -130,9 +130,9 @@ class SinusoidConfig(Config):
     @classmethod
     def paper(cls, method: str = "maml") -> SinusoidConfig:
         """The setting of Finn et al. 2017, §5.1: 70,000 steps of 25 tasks, β = 0.001 (and
-        for MAML and FOMAML the paper's one inner step)."""
+        for MAML the paper's one inner step)."""
         paper = {"meta_steps": 70_000, "meta_batch_size": 25, "outer_lr": 1e-3}
-        if method in ("maml", "fomaml"):
+        if method == "maml":
             paper["inner_steps"] = 1
         return cls.for_method(method, **paper)
 
