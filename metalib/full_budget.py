@@ -123,11 +123,13 @@ def state_of(job: Job, out: Path, *, smoke: bool = False) -> tuple[str, int, flo
         loop = torch.load(resume, map_location="cpu", weights_only=True)["loop"]
         return "stopped", int(loop["step"]), float(loop["seconds"])
     landed = runtime.checkpoint_dir() / job.name
+    wanted = job_config(job, smoke=smoke)
+    defaults = type(wanted)().to_dict()  # settings added since a sidecar was written
     for where in (stem, landed):
         pt_path, json_path = checkpoints.paths(where)
         if pt_path.is_file() and json_path.is_file():
             sidecar = checkpoints.read_sidecar(where)
-            if where == stem or sidecar["config"] == job_config(job, smoke=smoke).to_dict():
+            if where == stem or {**defaults, **sidecar["config"]} == wanted.to_dict():
                 steps, seconds = sidecar["metrics"]["steps"], sidecar["wall_time_s"]
                 return "finished", int(steps), float(seconds)
     return "pending", 0, 0.0

@@ -37,6 +37,9 @@ class History:
     losses: list[float] = field(default_factory=list)
     seconds: float = 0.0
     stopped_early: bool = False
+    # Validation's patience ran out (``recipes.base.Validation``): training ended before
+    # ``meta_steps`` because its score had stopped improving; the run is complete.
+    converged: bool = False
     # Model selection (``recipes.base.Validation``): ``[step, score]`` pairs, and the step
     # kept with its score, e.g. ``{"step": 1500, "val_accuracy": 0.97}``.
     validation: list[list[float]] = field(default_factory=list)

@@ -182,6 +182,11 @@ def test_a_job_that_landed_with_its_configuration_is_finished(tmp_path, monkeypa
     assert full_budget.state_of(job, out)[0] == "pending"
     land(full_budget.job_config(job).to_dict())
     assert full_budget.state_of(job, out) == ("finished", 20_000, 600.0)
+    # Written before a setting was added (here ``patience``), at its default: still this job.
+    older = full_budget.job_config(job).to_dict()
+    assert older.pop("patience") == 0
+    land(older)
+    assert full_budget.state_of(job, out) == ("finished", 20_000, 600.0)
 
 
 def test_an_unpacked_checkpoint_retires_the_resume_state_left_here(tmp_path):

@@ -126,3 +126,54 @@ def test_quick_mode_caps_the_validation_episodes(monkeypatch):
     assert evaluation.validation_episodes(200) == 20 and evaluation.validation_episodes(4) == 4
     monkeypatch.setattr(runtime, "quick", lambda: False)
     assert evaluation.validation_episodes(200) == 200
+
+
+def patient_run(patience, **loop):
+    """The toy with early stopping: its score peaks inside the run, then falls."""
+    torch.manual_seed(0)
+    calls = []
+    original = base.Validation
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(
+            base,
+            "Validation",
+            lambda every, score, name="val_accuracy": original(every, score, name, patience),
+        )
+        return toy_run(replace(Toy(), meta_steps=40), score_calls=calls, **loop)
+
+
+def test_patience_stops_once_the_score_has_stopped_improving():
+    full, everything = patient_run(0)
+    best_step = everything.selected["step"]
+    model, history = patient_run(2)
+    assert history.converged and not history.stopped_early
+    # Two checks after the best one, then stop: the kept tensors are those of the full run.
+    assert history.steps == best_step + 2 * 2 < 40
+    assert history.validation == everything.validation[: len(history.validation)]
+    assert history.selected == everything.selected
+    assert same_tensors(model, full)
+    run = base.Run(Toy(), model, dict(model.named_parameters()), history, torch.device("cpu"))
+    assert run.finished, "a converged run is complete, not interrupted"
+
+
+def test_a_run_that_never_stalls_trains_all_steps():
+    _, history = patient_run(100)
+    assert not history.converged and history.steps == 40
+
+
+def test_a_patient_run_resumes_to_the_same_stop(tmp_path):
+    straight, history = patient_run(2)
+    state = tmp_path / "toy.resume.pt"
+
+    def deadline(step, loss):  # stops after step 3, before the peak
+        return step == 2
+
+    _, stopped = patient_run(2, resume_path=state, save_every=1, callback=deadline)
+    assert stopped.stopped_early and not stopped.converged
+    resumed, again = patient_run(2, resume_path=state, save_every=1)
+    assert again.converged and again.steps == history.steps
+    assert again.validation == history.validation and same_tensors(resumed, straight)
+    # A state saved after patience ran out trains no further step when resumed.
+    done, once_more = patient_run(2, resume_path=state, save_every=1)
+    assert once_more.converged and once_more.steps == history.steps
+    assert same_tensors(done, straight)

@@ -120,8 +120,12 @@ class Run:
 
     @property
     def finished(self) -> bool:
-        """Whether training ran all of ``config.meta_steps``."""
-        return self.history is not None and self.history.steps == self.config.meta_steps
+        """Whether training ran all of ``config.meta_steps``, or stopped because its
+        validation score had stopped improving."""
+        history = self.history
+        if history is None:
+            return False
+        return history.converged or history.steps == self.config.meta_steps
 
 
 class Validation(NamedTuple):
@@ -131,11 +135,15 @@ class Validation(NamedTuple):
     validation classes, never the test classes) must leave the training generator and the
     network's mode as it found them. Training ends with the tensors of the best-scoring
     step; ``History.selected`` names it and its score under ``name``.
+
+    With ``patience`` above 0, training also ends (complete, not interrupted) once that
+    many checks in a row have not beaten the best score: early stopping.
     """
 
     every: int
     score: Callable[[], float]
     name: str = "val_accuracy"
+    patience: int = 0
 
 
 def resume_path_of(path: str | os.PathLike[str]) -> Path:
@@ -173,7 +181,9 @@ def fit(
             continues from it.
         validation: score the network every ``validation.every`` steps and at the last
             step, and end with the best step's parameters and buffers (the scores and the
-            best step's tensors are part of the resume state).
+            best step's tensors are part of the resume state); with ``validation.patience``,
+            stop once that many checks in a row have not improved on the best
+            (``History.converged``).
         project: called after every update, before validation and saving, to put the
             parameters back into their allowed set in place (projected gradient descent,
             e.g. Meta-SGD's step sizes kept in [0, clip_steps]).
@@ -214,6 +224,17 @@ def fit(
             }
         chosen.update(scores=[*chosen["scores"], [done, score]], best=best)  # all at once
 
+    def converged() -> bool:
+        """Whether ``validation.patience`` checks in a row have not beaten the best."""
+        best = chosen["best"]
+        if validation is None or not validation.patience or best is None:
+            return False
+        since = sum(1 for done, _ in chosen["scores"] if done > best["step"])
+        return since >= validation.patience
+
+    def stop(step: int, loss: float) -> bool:
+        return converged() or (callback is not None and bool(callback(step, loss)))
+
     def after_step(step: int) -> None:
         if project is not None:
             with torch.no_grad():
@@ -246,14 +267,16 @@ def fit(
             torch.save(blob, buffer)
             files.atomic_write(path, buffer.getvalue())
 
+    # A state saved after patience ran out (but before the checkpoint was written) is done.
+    done_already = resume is not None and converged()
     history = train_loop(
         step,
         params,
-        meta_steps=config.meta_steps,
+        meta_steps=resume["step"] if done_already else config.meta_steps,
         outer_lr=config.outer_lr,
         outer_lr_schedule=config.outer_lr_schedule,
         halve_every=getattr(config, "halve_every", 2_000),
-        callback=callback,
+        callback=stop if validation is not None and validation.patience else callback,
         progress=progress,
         description=config.recipe,
         resume=resume,
@@ -262,8 +285,14 @@ def fit(
         after_step=None if validation is None and project is None else after_step,
     )
     history.validation = [list(pair) for pair in chosen["scores"]]
+    history.converged = converged()
+    history.stopped_early = history.stopped_early and not history.converged
     best = chosen["best"]
-    if validation is not None and best is not None and history.steps == config.meta_steps:
+    if (
+        validation is not None
+        and best is not None
+        and (history.converged or history.steps == config.meta_steps)
+    ):
         buffers = dict(model.named_buffers())
         with torch.no_grad():
             for name, value in best["params"].items():

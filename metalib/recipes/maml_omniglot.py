@@ -66,6 +66,7 @@ class OmniglotConfig(Config):
     seed: int = 0
     validate_every: int = 2_000  # steps between validation scores (vinyals only); 0: never
     validation_episodes: int = 200
+    patience: int = 0  # checks without a better score before training stops; 0: never
 
     FLAGS: ClassVar[dict[str, Flag]] = {
         "n_way": Flag("classes per episode"),
@@ -92,6 +93,10 @@ class OmniglotConfig(Config):
             "validation classes; training keeps the best step (0: keep the last; lake has none)"
         ),
         "validation_episodes": Flag("test-shaped episodes of the validation classes per check"),
+        "patience": Flag(
+            "stop early once this many validation checks in a row have not beaten the best "
+            "(0: train all steps)"
+        ),
     }
 
     def __post_init__(self) -> None:
@@ -99,7 +104,7 @@ class OmniglotConfig(Config):
         minimums = {"n_way": 2, "k_shot": 1, "k_query": 1, "meta_batch_size": 1}
         self.check_counts({"meta_steps": 0, "inner_steps": 0, "test_inner_steps": 0, "seed": 0})
         self.check_counts(minimums)
-        self.check_counts({"validate_every": 0, "validation_episodes": 2})
+        self.check_counts({"validate_every": 0, "validation_episodes": 2, "patience": 0})
         maml.check_hyperparameters(inner_lr=self.inner_lr, inner_steps=self.inner_steps)
         check_outer_lr(self.outer_lr, self.outer_lr_schedule)
         checks.one_of("scheme", self.scheme, splits.SCHEMES)
@@ -232,7 +237,7 @@ def train(
             )
             return curve.mean[config.test_inner_steps]
 
-        validation = Validation(config.validate_every, val_accuracy)
+        validation = Validation(config.validate_every, val_accuracy, patience=config.patience)
     history = fit(
         step_loss, params, config, model=model, generator=generator, validation=validation, **loop
     )

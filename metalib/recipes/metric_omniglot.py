@@ -68,6 +68,7 @@ class MetricConfig(Config):
     seed: int = 0
     validate_every: int = 500  # steps between validation scores (vinyals only); 0: never
     validation_episodes: int = 200
+    patience: int = 0  # checks without a better score before training stops; 0: never
 
     FLAGS: ClassVar[dict[str, Flag]] = {
         "n_way": Flag("classes per test episode"),
@@ -90,13 +91,17 @@ class MetricConfig(Config):
             "the best step (0: keep the last; the lake split has no validation classes)"
         ),
         "validation_episodes": Flag("test-shaped episodes of the validation classes per check"),
+        "patience": Flag(
+            "stop early once this many validation checks in a row have not beaten the best "
+            "(0: train all steps)"
+        ),
     }
 
     def __post_init__(self) -> None:
         checks.one_of("method", self.method, METHODS)
         minimums = {"n_way": 2, "k_shot": 1, "train_way": 2, "k_query": 1, "meta_batch_size": 1}
         self.check_counts({"meta_steps": 0, "seed": 0, "halve_every": 1, **minimums})
-        self.check_counts({"validate_every": 0, "validation_episodes": 2})
+        self.check_counts({"validate_every": 0, "validation_episodes": 2, "patience": 0})
         training.check_outer_lr(self.outer_lr, self.outer_lr_schedule)
         checks.one_of("distance", self.distance, protonet.DISTANCES)
         checks.positive_number("scale", self.scale)
@@ -202,7 +207,7 @@ def train(
             )
             return float(accuracy.mean())
 
-        validation = Validation(config.validate_every, val_accuracy)
+        validation = Validation(config.validate_every, val_accuracy, patience=config.patience)
     history = fit(
         step_loss, params, config, model=model, generator=generator, validation=validation, **loop
     )

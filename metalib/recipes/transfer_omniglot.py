@@ -58,6 +58,7 @@ class TransferConfig(Config):
     seed: int = 0
     validate_every: int = 500  # steps between validation scores (vinyals only); 0: never
     validation_episodes: int = 200
+    patience: int = 0  # checks without a better score before training stops; 0: never
 
     FLAGS: ClassVar[dict[str, Flag]] = {
         "meta_steps": Flag("steps of Adam on batches of images"),
@@ -78,13 +79,17 @@ class TransferConfig(Config):
             "training keeps the best step (0: keep the last; lake has no validation classes)"
         ),
         "validation_episodes": Flag("episodes of the validation classes per check"),
+        "patience": Flag(
+            "stop early once this many validation checks in a row have not beaten the best "
+            "(0: train all steps)"
+        ),
     }
 
     def __post_init__(self) -> None:
         self.check_counts(
             {"meta_steps": 0, "head_steps": 0, "seed": 0, "batch_size": 1, "halve_every": 1}
         )
-        self.check_counts({"validate_every": 0, "validation_episodes": 2})
+        self.check_counts({"validate_every": 0, "validation_episodes": 2, "patience": 0})
         training.check_outer_lr(self.outer_lr, self.outer_lr_schedule)
         checks.positive_number("head_lr", self.head_lr)
         checks.one_of("fine_tune", self.fine_tune, FINE_TUNE)
@@ -154,7 +159,7 @@ def train(
             )
             return found.mean
 
-        validation = Validation(config.validate_every, val_accuracy)
+        validation = Validation(config.validate_every, val_accuracy, patience=config.patience)
     history = fit(
         step_loss, params, config, model=model, generator=generator, validation=validation, **loop
     )
