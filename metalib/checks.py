@@ -30,6 +30,13 @@ def positive_number(name: str, value: object) -> float:
     return value
 
 
+def finite_number(name: str, value: object) -> float:
+    """``value`` if it is a finite number (a bias, say), of either sign."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise ValueError(f"{name}={value!r} must be a finite number.")
+    return value
+
+
 def one_of(name: str, value: object, options: Collection) -> object:
     """``value`` if it is one of ``options``."""
     if value not in options:
