@@ -126,6 +126,13 @@ def test_shipped_omniglot_checkpoint_matches_its_sidecar(
 MIN_ACCURACY = {"maml": 0.9, "fomaml": 0.85}
 
 
+def ran_its_course(sidecar: dict) -> bool:
+    """All its steps, or fewer because its validation score had stopped improving."""
+    steps, planned = sidecar["metrics"]["steps"], sidecar["config"]["meta_steps"]
+    converged = sidecar["metrics"].get("selection", {}).get("converged", False)
+    return steps == planned or (converged and steps < planned)
+
+
 # The metric-based checkpoints of chapter 06: (name, k_shot, the sidecar's settings).
 METRIC = [
     ("protonet_omniglot_1shot", 1),
@@ -144,7 +151,7 @@ def test_shipped_metric_checkpoints_match_their_sidecars(name, k_shot, real_omni
     blob = checkpoints.load(stem)
     sidecar = blob["sidecar"]
     assert sidecar["command"].startswith(f"python -m metalib train {blob['recipe']} ")
-    assert sidecar["config"]["meta_steps"] == sidecar["metrics"]["steps"]
+    assert ran_its_course(sidecar)
     assert sidecar["config"]["k_shot"] == k_shot and sidecar["wall_time_s"] > 0
     assert (stem.with_suffix(".pt")).stat().st_size < 1_000_000
     recorded = sidecar["metrics"]["test_accuracy"][f"5-way {k_shot}-shot"]
@@ -184,7 +191,7 @@ def test_shipped_transfer_baseline_matches_its_sidecar(real_omniglot, monkeypatc
     stem = SHIPPED / "transfer_omniglot"
     sidecar = checkpoints.load(stem)["sidecar"]
     assert sidecar["command"].startswith("python -m metalib train transfer-omniglot ")
-    assert sidecar["config"]["meta_steps"] == sidecar["metrics"]["steps"]
+    assert ran_its_course(sidecar)
     assert stem.with_suffix(".pt").stat().st_size < 1_000_000
     recorded = sidecar["metrics"]["test_accuracy"]["5-way 1-shot"]
     assert recorded["episodes"] == 1000

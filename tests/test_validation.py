@@ -117,6 +117,7 @@ def test_the_sidecar_names_the_kept_step(tmp_path):
     assert sidecar["metrics"]["a"] == 1
     assert sidecar["metrics"]["selection"]["kept"] == history.selected
     assert sidecar["metrics"]["selection"]["scores"] == history.validation
+    assert sidecar["metrics"]["selection"]["converged"] is False
 
 
 def test_quick_mode_caps_the_validation_episodes(monkeypatch):
@@ -142,7 +143,7 @@ def patient_run(patience, **loop):
         return toy_run(replace(Toy(), meta_steps=40), score_calls=calls, **loop)
 
 
-def test_patience_stops_once_the_score_has_stopped_improving():
+def test_patience_stops_once_the_score_has_stopped_improving(tmp_path):
     full, everything = patient_run(0)
     best_step = everything.selected["step"]
     model, history = patient_run(2)
@@ -154,6 +155,8 @@ def test_patience_stops_once_the_score_has_stopped_improving():
     assert same_tensors(model, full)
     run = base.Run(Toy(), model, dict(model.named_parameters()), history, torch.device("cpu"))
     assert run.finished, "a converged run is complete, not interrupted"
+    _, json_path = base.save(run, tmp_path / "toy", state_dict=model.state_dict())
+    assert json.loads(json_path.read_text())["metrics"]["selection"]["converged"] is True
 
 
 def test_a_run_that_never_stalls_trains_all_steps():

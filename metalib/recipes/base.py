@@ -358,12 +358,16 @@ def save(
 ) -> tuple[Path, Path]:
     """Write ``run`` as ``PATH.pt`` and ``PATH.json`` (see :mod:`metalib.checkpoints`).
 
-    A run trained with a :class:`Validation` records its scores and the step it kept
-    under ``metrics["selection"]``.
+    A run trained with a :class:`Validation` records its scores, the step it kept and
+    whether its patience ended training (``converged``) under ``metrics["selection"]``.
     """
     history = run.history
     if history is not None and history.validation:
-        selection = {"scores": history.validation, "kept": history.selected}
+        selection = {
+            "scores": history.validation,
+            "kept": history.selected,
+            "converged": history.converged,
+        }
         metrics = {**(metrics or {}), "selection": selection}
     return checkpoints.save(
         path,
