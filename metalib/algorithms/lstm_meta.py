@@ -25,7 +25,7 @@ size:
 
 Everything is a function of parameter dicts, so a meta-batch is vectorised with
 ``torch.func.vmap`` (:func:`meta_loss`) as MAML's is; :func:`meta_loss_loop` is the
-per-task reference it is tested against. Taught in ``notebooks/04_learned_update_rule.ipynb``.
+per-task reference it is tested against.
 
 Where this departs from the paper, and why:
 
