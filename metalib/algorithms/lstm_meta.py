@@ -150,44 +150,51 @@ def preprocess(x: Tensor, p: float = PREPROCESS_P) -> Tensor:
 
 
 class State(NamedTuple):
-    """The rule's memory for one learner, per parameter name: the LSTM's output and cell
-    ``(*shape, hidden)``, and the gates' last pre-activations ``(*shape)``."""
+    """The rule's memory for one learner, one row per weight (the parameters flattened in
+    order, :func:`flatten`): the LSTM's output and cell ``(n_weights, hidden)``, and the
+    gates' last pre-activations ``(n_weights,)``."""
 
-    h: Params
-    c: Params
-    forget: Params
-    input: Params
+    h: Tensor
+    c: Tensor
+    forget: Tensor
+    input: Tensor
+
+
+def flatten(tensors: Params) -> Tensor:
+    """Every entry of ``tensors``, in order, as one vector: the rule treats weights alike."""
+    return torch.cat([t.reshape(-1) for t in tensors.values()])
+
+
+def unflatten(flat: Tensor, like: Params) -> Params:
+    """The inverse of :func:`flatten`: ``flat`` cut and shaped like ``like``'s tensors."""
+    pieces = flat.split([t.numel() for t in like.values()])
+    return {name: piece.reshape(t.shape) for (name, t), piece in zip(like.items(), pieces)}
 
 
 def init_state(params: Params, hidden: int) -> State:
     """An empty memory: zeros (the reference code starts the gates' memory at 0 too)."""
-    return State(
-        {n: p.new_zeros(*p.shape, hidden) for n, p in params.items()},
-        {n: p.new_zeros(*p.shape, hidden) for n, p in params.items()},
-        {n: torch.zeros_like(p) for n, p in params.items()},
-        {n: torch.zeros_like(p) for n, p in params.items()},
-    )
+    first = next(iter(params.values()))
+    n = sum(t.numel() for t in params.values())
+    return State(first.new_zeros(n, hidden), first.new_zeros(n, hidden), *first.new_zeros(2, n))
 
 
-def gates(rule: Params, grads: Params, loss: Tensor, params: Params, state: State):
-    """The forget and input gates of every weight, ``σ(f)`` and ``σ(i)`` shaped like the
-    parameters, and the new state. One coordinate-wise LSTM step, then the two gates."""
-    new = State({}, {}, {}, {})
-    forget, input = {}, {}
-    loss_features = preprocess(loss.reshape(()))
-    for name, theta in params.items():
-        features = torch.cat(
-            [preprocess(grads[name]), loss_features.expand(*theta.shape, 2)], dim=-1
-        )
-        pre = features @ rule["lstm.weight_x"] + state.h[name] @ rule["lstm.weight_h"]
-        i, f, g, o = (pre + rule["lstm.bias"]).chunk(4, dim=-1)
-        c = torch.sigmoid(f) * state.c[name] + torch.sigmoid(i) * torch.tanh(g)
-        h = torch.sigmoid(o) * torch.tanh(c)
-        f_pre = _gate(rule, "forget", h, theta, state.forget[name])
-        i_pre = _gate(rule, "input", h, theta, state.input[name])
-        new.h[name], new.c[name], new.forget[name], new.input[name] = h, c, f_pre, i_pre
-        forget[name], input[name] = torch.sigmoid(f_pre), torch.sigmoid(i_pre)
-    return forget, input, new
+def gates(
+    rule: Params, grad: Tensor, loss: Tensor, theta: Tensor, state: State
+) -> tuple[Tensor, Tensor, State]:
+    """The forget and input gates ``σ(f)``, ``σ(i)`` of every weight, and the new state.
+
+    ``grad`` and ``theta`` are flat ``(n_weights,)``. One step of the coordinate-wise LSTM
+    (every weight a row of the same small network), then the two gates.
+    """
+    loss_features = preprocess(loss.reshape(())).expand(len(theta), 2)
+    features = torch.cat([preprocess(grad), loss_features], dim=-1)  # (n_weights, 4)
+    pre = features @ rule["lstm.weight_x"] + state.h @ rule["lstm.weight_h"] + rule["lstm.bias"]
+    i, f, g, o = pre.chunk(4, dim=-1)
+    c = torch.sigmoid(f) * state.c + torch.sigmoid(i) * torch.tanh(g)
+    h = torch.sigmoid(o) * torch.tanh(c)
+    f_pre = _gate(rule, "forget", h, theta, state.forget)
+    i_pre = _gate(rule, "input", h, theta, state.input)
+    return torch.sigmoid(f_pre), torch.sigmoid(i_pre), State(h, c, f_pre, i_pre)
 
 
 def _gate(rule: Params, kind: str, h: Tensor, theta: Tensor, last: Tensor) -> Tensor:
@@ -218,19 +225,20 @@ def adapt(
         trajectory: return the parameters after 0, 1, ..., ``inner_steps`` steps.
     """
     checks.count("inner_steps", inner_steps, 0)
-    hidden = rule["lstm.weight_h"].shape[0]
-    state = init_state(params, hidden)
-    adapted, path = dict(params), [dict(params)]
+    state = init_state(params, rule["lstm.weight_h"].shape[0])
+    theta, adapted, path = flatten(params), dict(params), [dict(params)]
 
     def support_loss(fast: Params) -> Tensor:
         return loss_fn(functional_call(model, fast, (x,)), y)
 
     for _ in range(inner_steps):
         grads, loss = grad_and_value(support_loss)(adapted)
+        grad = flatten(grads)
         if first_order:
-            grads, loss = {n: g.detach() for n, g in grads.items()}, loss.detach()
-        forget, input, state = gates(rule, grads, loss, adapted, state)
-        adapted = {n: forget[n] * p - input[n] * grads[n] for n, p in adapted.items()}
+            grad, loss = grad.detach(), loss.detach()
+        forget, input, state = gates(rule, grad, loss, theta, state)
+        theta = forget * theta - input * grad
+        adapted = unflatten(theta, params)
         path.append(adapted)
     return path if trajectory else adapted
 
