@@ -30,7 +30,7 @@ endif
 # Jupyter refuses to run as root (containers often do) unless told it may.
 LAB_ARGS ?= $(if $(filter 0,$(shell id -u)),--allow-root,)
 
-.PHONY: lab test test-oldest install lint format execute browser student html checkpoints \
+.PHONY: lab test test-oldest install lint format execute browser student html html-instructor checkpoints \
     benchmark lock clean
 
 $(BIN)/python:
@@ -96,10 +96,15 @@ STUDENT_DIR ?= student
 student: $(INSTRUCTORS)
 	$(BIN)/python -m metalib.student --out $(STUDENT_DIR) $(NOTEBOOKS)
 
-# The chapters with their committed full-mode outputs as a static site (open index.html).
+# The chapters with their committed full-mode outputs as a static site (open index.html):
+# the student versions (no solutions), and the instructor's book with them.
 BOOK_DIR ?= build/book
 html: $(INSTRUCTORS)
 	$(BIN)/python -m metalib.book --out $(BOOK_DIR) $(NOTEBOOKS)
+
+INSTRUCTOR_BOOK_DIR ?= build/book-instructor
+html-instructor: $(INSTRUCTORS)
+	$(BIN)/python -m metalib.book --solutions --out $(INSTRUCTOR_BOOK_DIR) $(NOTEBOOKS)
 
 # Retrain the shipped checkpoints at full budget (see README: "Retraining the checkpoints").
 checkpoints: $(READERS)

@@ -5,7 +5,12 @@ each chapter with its committed full-mode outputs (nothing is re-run) and writes
 ``index.html`` with the chapter table: title, learning goals and run time, read from each
 chapter's opening cell. Plots are embedded in the pages as data URIs and the links are
 relative, so the folder opens from the file system with no server; equations are typeset
-by MathJax and widgets drawn by their script, both loaded from a CDN when online.
+by MathJax and widgets drawn by their script, both loaded from a CDN when online. Each
+page links to the index and to the previous and next chapters.
+
+The book is built from the student versions (:mod:`metalib.student`): every solution cell
+is a placeholder, so the site can go on a course page as it is. ``--solutions`` (``make
+html-instructor``) keeps them, for the instructor.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ from nbconvert import HTMLExporter
 from nbconvert.filters.markdown import markdown2html
 
 from metalib import files
+from metalib.student import student_version
 
 
 def chapter_summary(notebook: nbformat.NotebookNode) -> dict[str, object]:
@@ -78,8 +84,31 @@ def index_page(chapters: list[tuple[str, dict]]) -> str:
     )
 
 
-def build_book(notebooks: Iterable[str | os.PathLike[str]], out: str | os.PathLike[str]) -> Path:
+def navigation(pages: list[tuple[str, str]], at: int) -> str:
+    """Links from page ``at`` of ``pages`` (``[(file name, title), ...]``) to the index and
+    to the previous and next chapters, as an HTML ``<nav>`` block."""
+    links = ['<a href="index.html">contents</a>']
+    if at > 0:
+        page, title = pages[at - 1]
+        links.insert(0, f'<a href="{html.escape(page)}" rel="prev">← {html.escape(title)}</a>')
+    if at < len(pages) - 1:
+        page, title = pages[at + 1]
+        links.append(f'<a href="{html.escape(page)}" rel="next">{html.escape(title)} →</a>')
+    style = "display:flex;justify-content:space-between;font-family:sans-serif;padding:1em 2em"
+    return f'<nav class="metalib-nav" style="{style}">' + "".join(links) + "</nav>"
+
+
+def build_book(
+    notebooks: Iterable[str | os.PathLike[str]],
+    out: str | os.PathLike[str],
+    *,
+    solutions: bool = False,
+) -> Path:
     """Write one HTML page per notebook and ``index.html`` into ``out``; return the index.
+
+    Args:
+        solutions: keep the solution cells (the instructor's book); by default each is
+            replaced by the student version's placeholder.
 
     Raises:
         FileNotFoundError: if a notebook does not exist.
@@ -92,14 +121,17 @@ def build_book(notebooks: Iterable[str | os.PathLike[str]], out: str | os.PathLi
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     exporter = HTMLExporter(template_name="lab")
-    chapters = []
-    for path in paths:
-        notebook = nbformat.read(path, as_version=4)
-        summary = chapter_summary(notebook)
-        body, _ = exporter.from_notebook_node(notebook, resources={"metadata": {"name": path.stem}})
-        page = f"{path.stem}.html"
-        files.atomic_write(out / page, body.encode())
-        chapters.append((page, summary))
+    notebooks_read = [nbformat.read(path, as_version=4) for path in paths]
+    summaries = [chapter_summary(notebook) for notebook in notebooks_read]
+    pages = [(f"{path.stem}.html", s["title"]) for path, s in zip(paths, summaries)]
+    for at, (path, notebook) in enumerate(zip(paths, notebooks_read)):
+        shown = notebook if solutions else student_version(notebook)
+        body, _ = exporter.from_notebook_node(shown, resources={"metadata": {"name": path.stem}})
+        nav = navigation(pages, at)
+        top = re.search(r"<body[^>]*>", body).end()  # the links above and below the chapter
+        body = body[:top] + nav + body[top:].replace("</body>", nav + "</body>", 1)
+        files.atomic_write(out / pages[at][0], body.encode())
+    chapters = [(page, summary) for (page, _), summary in zip(pages, summaries)]
     return files.atomic_write(out / "index.html", index_page(chapters).encode())
 
 
@@ -110,9 +142,14 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("notebooks", nargs="+", help="the chapters' .ipynb files, in order")
     parser.add_argument("--out", default="build/book", help="folder to write (default: build/book)")
+    parser.add_argument(
+        "--solutions",
+        action="store_true",
+        help="keep the solution cells (the instructor's book); default: the student versions",
+    )
     args = parser.parse_args(argv)
     try:
-        index = build_book(args.notebooks, args.out)
+        index = build_book(args.notebooks, args.out, solutions=args.solutions)
     except (ValueError, OSError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
@@ -120,7 +157,7 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-__all__ = ["build_book", "chapter_summary", "index_page"]
+__all__ = ["build_book", "chapter_summary", "index_page", "navigation"]
 
 
 if __name__ == "__main__":

@@ -1,10 +1,11 @@
+import html
 import re
 from pathlib import Path
 
 import nbformat
 import pytest
 
-from metalib import book
+from metalib import book, student
 
 ROOT = Path(__file__).resolve().parents[1]
 CHAPTERS = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
@@ -35,7 +36,7 @@ def test_each_page_holds_its_chapter_and_its_plots_inline(site):
     out, _ = site
     for path in CHAPTERS:
         page = (out / f"{path.stem}.html").read_text()
-        nb = nbformat.read(path, as_version=4)
+        nb = student.student_version(nbformat.read(path, as_version=4))
         plots = sum(
             "image/png" in o.get("data", {}) for c in nb.cells for o in c.get("outputs", [])
         )
@@ -52,3 +53,43 @@ def test_a_notebook_without_the_chapter_conventions_is_refused(tmp_path):
         book.build_book([path], tmp_path / "out")
     with pytest.raises(FileNotFoundError, match="no notebook at"):
         book.build_book([tmp_path / "missing.ipynb"], tmp_path / "out")
+
+
+def text_of(page):
+    """A page's text: tags (code is highlighted span by span) removed, entities decoded."""
+    return html.unescape(re.sub(r"<[^>]+>", "", page.read_text()))
+
+
+def solution_lines(path):
+    """A distinctive line of each solution cell of a chapter (its longest)."""
+    cells = [c for c in nbformat.read(path, as_version=4).cells if student.is_solution(c)]
+    return [max(c.source.splitlines(), key=len) for c in cells]
+
+
+def test_the_public_book_has_no_solution_and_the_instructors_has_them_all(site, tmp_path):
+    out, _ = site
+    instructor = tmp_path / "instructor"
+    book.build_book(CHAPTERS, instructor, solutions=True)
+    found = 0
+    for path in CHAPTERS:
+        public = text_of(out / f"{path.stem}.html")
+        full = text_of(instructor / f"{path.stem}.html")
+        for line in solution_lines(path):
+            assert line.strip() not in public, (path.name, line)
+            assert line.strip() in full, (path.name, line)
+            found += 1
+        placeholders = public.count("exercise left for you")
+        assert placeholders == len(solution_lines(path))
+    assert found >= 20, "the chapters have many solutions"
+
+
+def test_every_page_links_to_the_contents_and_its_neighbours(site):
+    out, _ = site
+    for at, path in enumerate(CHAPTERS):
+        page = (out / f"{path.stem}.html").read_text()
+        assert page.count('<a href="index.html">contents</a>') == 2  # above and below
+        prev = re.findall(r'<a href="([^"]+)" rel="prev">', page)
+        following = re.findall(r'<a href="([^"]+)" rel="next">', page)
+        assert prev == ([f"{CHAPTERS[at - 1].stem}.html"] * 2 if at else [])
+        last = at == len(CHAPTERS) - 1
+        assert following == ([] if last else [f"{CHAPTERS[at + 1].stem}.html"] * 2)
