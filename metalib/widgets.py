@@ -22,17 +22,26 @@ embedding as the reader changes ``n_way`` and ``k_shot`` at test time. Used in
 :class:`ContextPanel` redraws a conditional neural process's prediction and uncertainty
 band as the reader changes the number of context points and the task. Used in
 ``notebooks/07_model_based.ipynb``.
+
+A widget needs a live kernel. :func:`show` displays a panel and, beneath it, a static
+picture of its current state, so that a notebook read without a kernel (GitHub, the HTML
+book) still shows the figure; :meth:`TrainingMonitor.finish` ends a training run with a
+static picture of the whole curve.
 """
 
 from __future__ import annotations
 
+import base64
+import html
 import io
 import math
+import re
 from collections.abc import Collection
 
 import ipywidgets as widgets
 import torch
 import torch.nn.functional as F
+from IPython.display import display
 from matplotlib.figure import Figure
 from torch import nn
 from torch.func import functional_call
@@ -87,6 +96,35 @@ def _png(figure: Figure) -> bytes:
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png")
     return buffer.getvalue()
+
+
+SNAPSHOT_NOTE = (
+    "A static picture of the panel above, as it was drawn; in a running notebook the panel "
+    "redraws as you change it."
+)
+
+
+def snapshot(panel, note: str = SNAPSHOT_NOTE) -> dict[str, str]:
+    """A static picture of ``panel`` as it stands: its figure (``panel.image``) and summary
+    line (``panel.summary``), as a display bundle (HTML with the figure inline, the PNG
+    alone, and plain text) that any notebook renderer can show without a kernel."""
+    png = base64.b64encode(panel.image.value).decode()
+    line = panel.summary.value
+    plain = html.unescape(re.sub(r"<[^>]+>", "", line))
+    return {
+        "text/html": (
+            f'<div><p>{line}</p><img alt="{html.escape(plain)}" '
+            f'src="data:image/png;base64,{png}"/><p><i>{note}</i></p></div>'
+        ),
+        "image/png": png,
+        "text/plain": f"static picture of the panel: {plain}",
+    }
+
+
+def show(panel) -> None:
+    """Display ``panel.widget``, then beneath it :func:`snapshot` of its current state."""
+    display(panel.widget)
+    display(snapshot(panel), raw=True)
 
 
 class AdaptationPanel:
@@ -411,6 +449,14 @@ class TrainingMonitor:
             text += f" · test accuracy {self.accuracy[last]:.3f} at step {last}"
         self.image.value = _png(figure)
         self.summary.value = text
+
+    def finish(self) -> None:
+        """Redraw with every step, and display the result as a static picture: the
+        training curve a notebook read without a kernel shows."""
+        if not self.losses:
+            raise ValueError("finish() comes after training: the monitor has seen no step.")
+        self.redraw()
+        display(snapshot(self, "The training curve at the end of training."), raw=True)
 
 
 class PrototypePanel:

@@ -1,3 +1,5 @@
+import base64
+
 import pytest
 import torch
 
@@ -204,3 +206,28 @@ def test_context_panel_scores_its_task_with_the_model(context_panel):
 def test_context_panel_refuses_an_empty_range(context_panel):
     with pytest.raises(ValueError, match="is empty"):
         context_panel.controls["support_range"].value = (1.0, 1.0)
+
+
+def test_show_puts_a_static_picture_of_the_panel_beneath_it(panel, monkeypatch):
+    shown = []
+    monkeypatch.setattr(widgets, "display", lambda obj, raw=False: shown.append((obj, raw)))
+    widgets.show(panel)
+    (first, _), (picture, raw) = shown
+    assert first is panel.widget and raw
+    assert base64.b64decode(picture["image/png"]) == panel.image.value
+    assert picture["image/png"] in picture["text/html"]
+    assert "query MSE" in picture["text/plain"] and "<b>" not in picture["text/plain"]
+
+
+def test_a_finished_training_monitor_leaves_a_static_curve(monkeypatch):
+    shown = []
+    monkeypatch.setattr(widgets, "display", lambda obj, raw=False: shown.append(obj))
+    monitor = widgets.TrainingMonitor(every=100)
+    with pytest.raises(ValueError, match="no step"):
+        monitor.finish()
+    for step, loss in enumerate([3.0, 2.0, 1.5]):
+        monitor(step, loss)
+    monitor.finish()  # 3 steps: no redraw happened before, finish draws them all
+    (picture,) = shown
+    assert base64.b64decode(picture["image/png"]) == monitor.image.value != b""
+    assert "step 3: loss 1.500" in picture["text/plain"]
