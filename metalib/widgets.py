@@ -43,6 +43,7 @@ import torch
 import torch.nn.functional as F
 from IPython.display import display
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 from torch import nn
 from torch.func import functional_call
 
@@ -440,6 +441,7 @@ class TrainingMonitor:
         ax = figure.subplots()
         ax.plot(range(1, len(self.losses) + 1), self.losses, lw=1, color="#1f618d")
         ax.set(xlabel="outer step", ylabel="meta-training loss")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # steps are whole numbers
         text = f"step {len(self.losses)}: loss {self.losses[-1]:.3f}" if self.losses else ""
         if self.accuracy:
             right = ax.twinx()
