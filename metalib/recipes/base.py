@@ -146,6 +146,12 @@ class Validation(NamedTuple):
     patience: int = 0
 
 
+PATIENCE_FLAG = Flag(  # the same ``--patience`` for every recipe that validates
+    "stop early once this many validation checks in a row have not beaten the best "
+    "(0: train all steps)"
+)
+
+
 def resume_path_of(path: str | os.PathLike[str]) -> Path:
     """``PATH.resume.pt``: where training to ``PATH`` keeps its state until it finishes."""
     pt_path, _ = checkpoints.paths(path)
@@ -276,7 +282,7 @@ def fit(
         outer_lr=config.outer_lr,
         outer_lr_schedule=config.outer_lr_schedule,
         halve_every=getattr(config, "halve_every", 2_000),
-        callback=stop if validation is not None and validation.patience else callback,
+        callback=stop,
         progress=progress,
         description=config.recipe,
         resume=resume,

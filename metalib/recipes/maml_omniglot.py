@@ -34,7 +34,7 @@ from metalib.evaluation import (
     validation_sampler,
 )
 from metalib.models import ConvNet, clone_parameters, parameters_of
-from metalib.recipes.base import Config, Flag, Run, Validation, fit, load_weights
+from metalib.recipes.base import PATIENCE_FLAG, Config, Flag, Run, Validation, fit, load_weights
 from metalib.training import Curve, accuracy, check_outer_lr
 
 METHODS = ("maml", "fomaml")
@@ -93,10 +93,7 @@ class OmniglotConfig(Config):
             "validation classes; training keeps the best step (0: keep the last; lake has none)"
         ),
         "validation_episodes": Flag("test-shaped episodes of the validation classes per check"),
-        "patience": Flag(
-            "stop early once this many validation checks in a row have not beaten the best "
-            "(0: train all steps)"
-        ),
+        "patience": PATIENCE_FLAG,
     }
 
     def __post_init__(self) -> None:

@@ -34,7 +34,7 @@ from metalib.evaluation import (
     validation_sampler,
 )
 from metalib.models import ConvEmbedding
-from metalib.recipes.base import Config, Flag, Run, Validation, fit, restore_module
+from metalib.recipes.base import PATIENCE_FLAG, Config, Flag, Run, Validation, fit, restore_module
 
 METHODS = ("protonet", "matching", "siamese")
 RECIPES = {
@@ -91,10 +91,7 @@ class MetricConfig(Config):
             "the best step (0: keep the last; the lake split has no validation classes)"
         ),
         "validation_episodes": Flag("test-shaped episodes of the validation classes per check"),
-        "patience": Flag(
-            "stop early once this many validation checks in a row have not beaten the best "
-            "(0: train all steps)"
-        ),
+        "patience": PATIENCE_FLAG,
     }
 
     def __post_init__(self) -> None:

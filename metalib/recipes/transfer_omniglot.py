@@ -32,7 +32,7 @@ from metalib.evaluation import (
     validation_episodes,
     validation_sampler,
 )
-from metalib.recipes.base import Config, Flag, Run, Validation, fit, load_weights
+from metalib.recipes.base import PATIENCE_FLAG, Config, Flag, Run, Validation, fit, load_weights
 
 FINE_TUNE = ("head", "whole")
 RECIPES = {
@@ -79,10 +79,7 @@ class TransferConfig(Config):
             "training keeps the best step (0: keep the last; lake has no validation classes)"
         ),
         "validation_episodes": Flag("episodes of the validation classes per check"),
-        "patience": Flag(
-            "stop early once this many validation checks in a row have not beaten the best "
-            "(0: train all steps)"
-        ),
+        "patience": PATIENCE_FLAG,
     }
 
     def __post_init__(self) -> None:
