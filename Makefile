@@ -19,7 +19,7 @@ NOTEBOOKS := $(sort $(wildcard notebooks/[0-9][0-9]_*.ipynb))
 # The chapters whose training cells have a full-budget branch (a GPU's default), run a
 # second time by `make test` with that branch chosen, at quick-mode sizes.
 FULL_BUDGET_NOTEBOOKS := $(sort $(wildcard notebooks/0[5-7]_*.ipynb))
-# Data settings (README, "Settings"): a relative METALIB_DATA or METALIB_CACHE given to make
+# Data settings (docs/cli.md, "Settings"): a relative METALIB_DATA or METALIB_CACHE given to make
 # is made absolute, because notebooks run with notebooks/ as their working directory.
 ifdef METALIB_DATA
 override export METALIB_DATA := $(abspath $(METALIB_DATA))
@@ -106,7 +106,7 @@ INSTRUCTOR_BOOK_DIR ?= build/book-instructor
 html-instructor: $(INSTRUCTORS)
 	$(BIN)/python -m metalib.book --solutions --out $(INSTRUCTOR_BOOK_DIR) $(NOTEBOOKS)
 
-# Retrain the shipped checkpoints at full budget (see README: "Retraining the checkpoints").
+# Retrain the shipped checkpoints at full budget (see docs/retraining.md).
 checkpoints: $(READERS)
 	for recipe in maml fomaml reptile meta-sgd anil pretrain; do \
 	    name=$$(echo $$recipe | tr - _); \

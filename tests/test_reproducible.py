@@ -1,6 +1,6 @@
 """A shipped recipe re-created bit for bit: the command recorded in a reference checkpoint,
 made earlier on this project's CPU machine with the locked torch, run again in a fresh
-process, writes the same bytes (README, "Retraining the checkpoints").
+process, writes the same bytes (docs/retraining.md, "Reproducing them").
 
 PyTorch picks its CPU kernels by the processor's vector instructions, and sums split over
 threads; the promise holds where both match the reference's (``*.host.json``), and the

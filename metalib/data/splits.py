@@ -1,6 +1,6 @@
 """Omniglot class splits, with rotations as new classes.
 
-Two schemes, both used in the literature and both documented in the README:
+Two schemes, both used in the literature and both documented in docs/data.md:
 
 - ``"vinyals"`` (Vinyals et al., "Matching Networks for One Shot Learning", NeurIPS 2016,
   as released by Snell et al. with Prototypical Networks): 1,028 train + 172 val
