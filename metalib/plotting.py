@@ -11,6 +11,7 @@ from collections.abc import Collection, Mapping, Sequence
 import matplotlib.pyplot as plt
 import torch
 from matplotlib.axes import Axes
+from matplotlib.ticker import MaxNLocator
 from torch import Tensor, nn
 from torch.func import functional_call
 from torchvision.utils import make_grid
@@ -147,6 +148,7 @@ def plot_curves(
             label=label,
         )
     ax.set(xlabel="inner gradient steps", ylabel=ylabel)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # steps are whole numbers
     ax.legend(fontsize=8)
     return ax
 
@@ -411,11 +413,21 @@ def plot_instance_accuracy(
         sights = range(1, len(mean) + 1)
         (line,) = ax.plot(sights, mean, marker="o", ms=3, label=label)
         ax.fill_between(sights, mean - ci, mean + ci, color=line.get_color(), alpha=0.2)
-    for label, values in (reference or {}).items():
-        ax.plot(list(values), list(values.values()), "x--", color="black", alpha=0.6, label=label)
+    styles = ("x--", "+-.", "s:", "^--")  # a paper's values: black, one style per line
+    for (label, values), style in zip((reference or {}).items(), styles, strict=False):
+        ax.plot(
+            list(values),
+            list(values.values()),
+            style,
+            color="black",
+            alpha=0.6,
+            mfc="none",
+            label=label,
+        )
     if chance is not None:
         ax.axhline(chance, color="grey", lw=1, ls=":", label="chance")
     ax.set(xlabel="instance (how many times the class has been shown)", ylabel="accuracy")
     ax.set(ylim=(0, 1.02))
-    ax.legend(fontsize=8)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5))  # off the curves
     return ax

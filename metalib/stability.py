@@ -12,6 +12,7 @@ exact, not a linearisation. Taught in ``notebooks/03_beyond_maml.ipynb``.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterator, Mapping, Sequence
 
 import torch
@@ -23,7 +24,11 @@ RELATIVE_ZERO = 1e-6  # an eigenvalue of diag(α) H this small against the large
 
 
 def _flat_hessian(loss_of, group: dict[str, Tensor]) -> Tensor:
-    blocks = hessian(loss_of)(group)
+    with warnings.catch_warnings():
+        # forward-mode AD's first use compiles torch's own decompositions with the
+        # deprecated torch.jit.script (torch 2.14): torch's warning, not this code's
+        warnings.filterwarnings("ignore", "`torch.jit.script` is deprecated", FutureWarning)
+        blocks = hessian(loss_of)(group)
     names = list(group)
     rows = [
         torch.cat([blocks[a][b].reshape(group[a].numel(), group[b].numel()) for b in names], 1)

@@ -10,6 +10,7 @@ Used by ``notebooks/02_maml_sinusoid.ipynb`` and the command line.
 from __future__ import annotations
 
 import math
+import sys
 import time
 from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
@@ -18,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import functional_call, vmap
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 from metalib import checks
 from metalib.algorithms import maml
@@ -57,6 +58,38 @@ def check_outer_lr(outer_lr: float, outer_lr_schedule: str) -> None:
     """Raise ``ValueError`` unless β is finite and positive and the schedule is known."""
     checks.positive_number("outer_lr", outer_lr)
     checks.one_of("outer_lr_schedule", outer_lr_schedule, SCHEDULES)
+
+
+def in_notebook() -> bool:
+    """True inside a Jupyter kernel (IPython is then imported already; nothing is imported)."""
+    ipython = sys.modules.get("IPython")
+    shell = ipython.get_ipython() if ipython is not None else None
+    return shell is not None and "IPKernelApp" in shell.config
+
+
+class NotebookLine:
+    """A file for ``tqdm`` that keeps its bar in one notebook output, updated in place.
+
+    tqdm's notebook widget is saved as it was first drawn, so a saved notebook, the book
+    and GitHub show every finished run at 0%. This plain-text bar is saved as it ended.
+    """
+
+    encoding = "utf-8"  # tqdm then draws its bar with block characters
+
+    def __init__(self) -> None:
+        from IPython.display import display
+
+        self.line = ""
+        self.handle = display({"text/plain": ""}, raw=True, display_id=True)
+
+    def write(self, text: str) -> None:
+        line = text.rsplit("\r", 1)[-1].rstrip()
+        if line:
+            self.line = line
+            self.handle.update({"text/plain": line}, raw=True)
+
+    def flush(self) -> None:
+        pass
 
 
 def train_loop(
@@ -141,6 +174,7 @@ def train_loop(
         mininterval=0.5,
         initial=first,
         total=meta_steps,
+        file=NotebookLine() if progress and in_notebook() else None,
     )
     updating = [False]  # True from optimizer.step() until the step is counted
 

@@ -2,6 +2,9 @@
 known: a linear model, whose factor has a closed form, and a head adapted alone, where the
 factor decides exactly whether repeated steps settle or blow up."""
 
+import subprocess
+import sys
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -99,3 +102,21 @@ def test_bad_input_is_named(kwargs, message):
             torch.zeros(2, 4, 1),
             **call,
         )
+
+
+def test_a_first_hessian_in_a_fresh_process_warns_nothing():
+    """torch 2.14's forward-mode AD compiles its decompositions with the deprecated
+    ``torch.jit.script`` on first use; chapter 03 showed that warning in its outputs."""
+    code = (
+        "import torch\nfrom torch import nn\n"
+        "from metalib.models import parameters_of\nfrom metalib.stability import growth_factors\n"
+        "model = nn.Linear(1, 1)\n"
+        "xs = torch.randn(2, 4, 1)\n"
+        "groups = {'all': ['weight', 'bias']}\n"
+        "growth_factors(model, parameters_of(model), xs, xs, inner_lr=0.1, groups=groups)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-W", "error", "-c", code], capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stderr == ""

@@ -174,3 +174,27 @@ def test_outer_steps_per_second_runs_the_meta_loss_it_is_given():
     assert len(calls) >= 6 and set(calls) == {2}  # 3 warm-up steps + at least 3 timed
     with pytest.raises(ValueError, match="seconds=0"):
         outer_steps_per_second(maml.meta_loss, config, seconds=0)
+
+
+def test_a_notebook_saves_the_progress_bar_as_it_ended():
+    """In a kernel the bar is one plain-text output updated in place, so the executed
+    notebook keeps the finished bar (tqdm's widget is saved as first drawn: 0%)."""
+    nbformat = pytest.importorskip("nbformat")
+    from nbclient import NotebookClient
+
+    cell = nbformat.v4.new_code_cell(
+        "import time, torch\n"
+        "from metalib.training import train_loop\n"
+        "w = torch.zeros(1, requires_grad=True)\n"
+        "def loss(step):\n"
+        "    time.sleep(0.02)\n"
+        "    return (w - 1).pow(2).sum()\n"
+        "history = train_loop(loss, {'w': w}, meta_steps=60, description='demo')"
+    )
+    notebook = nbformat.v4.new_notebook(cells=[cell])
+    NotebookClient(notebook, timeout=120, kernel_name="python3").execute()
+    outputs = notebook.cells[0].outputs
+    assert [o.output_type for o in outputs] == ["display_data"], outputs
+    assert set(outputs[0].data) == {"text/plain"}
+    line = outputs[0].data["text/plain"]
+    assert line.startswith("demo: 100%") and "60/60" in line, line
