@@ -26,8 +26,9 @@ RELATIVE_ZERO = 1e-6  # an eigenvalue of diag(α) H this small against the large
 def _flat_hessian(loss_of, group: dict[str, Tensor]) -> Tensor:
     with warnings.catch_warnings():
         # forward-mode AD's first use compiles torch's own decompositions with the
-        # deprecated torch.jit.script (torch 2.14): torch's warning, not this code's
-        warnings.filterwarnings("ignore", "`torch.jit.script` is deprecated", FutureWarning)
+        # deprecated torch.jit.script (a FutureWarning in torch 2.14, a DeprecationWarning in
+        # 2.11): torch's warning, not this code's
+        warnings.filterwarnings("ignore", "`torch.jit.script` is deprecated")  # any category
         blocks = hessian(loss_of)(group)
     names = list(group)
     rows = [
