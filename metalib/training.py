@@ -79,13 +79,11 @@ class NotebookLine:
     def __init__(self) -> None:
         from IPython.display import display
 
-        self.line = ""
         self.handle = display({"text/plain": ""}, raw=True, display_id=True)
 
     def write(self, text: str) -> None:
         line = text.rsplit("\r", 1)[-1].rstrip()
         if line:
-            self.line = line
             self.handle.update({"text/plain": line}, raw=True)
 
     def flush(self) -> None:
