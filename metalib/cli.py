@@ -69,8 +69,11 @@ def _add_config_flags(parser: argparse.ArgumentParser, config: base.Config) -> N
             options.update(choices=list(flag.choices), help=f"{flag.help} (default: {shown})")
         elif flag.choices is not None:
             options.update(choices=list(flag.choices))
-        elif isinstance(default, bool):
-            options.update(action="store_true", help=flag.help)
+        elif isinstance(default, bool):  # --first-order and --no-first-order
+            shown = "on" if default else "off"
+            options.update(
+                action=argparse.BooleanOptionalAction, help=f"{flag.help} (default: {shown})"
+            )
         elif isinstance(default, tuple):
             options.update(type=int, nargs="+", metavar="N")
         else:

@@ -16,7 +16,7 @@ from torch import Tensor, nn
 from torch.func import functional_call
 from torchvision.utils import make_grid
 
-from metalib.algorithms import maml
+from metalib.algorithms import lstm_meta, maml
 from metalib.tasks import SinusoidTasks, TaskBatch
 from metalib.training import Curve, History
 
@@ -85,11 +85,14 @@ def plot_adaptation(
     name: str = "MAML",
     cmap: str = "Greens",
     index: int = 0,
+    rule: Mapping[str, Tensor] | None = None,
 ) -> Axes:
     """Predictions after each number of inner steps in ``steps`` on task ``index``.
 
-    The task may live on another device than ``params`` (a task drawn on the CPU, a model
-    on a GPU): adaptation runs where ``params`` are.
+    With ``rule`` (an LSTM meta-learner's, :mod:`metalib.algorithms.lstm_meta`) the steps
+    are the rule's, one run of ``max(steps)`` steps, and ``inner_lr`` does not apply. The
+    task may live on another device than ``params`` (a task drawn on the CPU, a model on a
+    GPU): adaptation runs where ``params`` are.
     """
     ax = _axes(ax)
     plot_task(task, ax=ax, index=index)
@@ -97,17 +100,25 @@ def plot_adaptation(
     x_plot = SinusoidTasks().grid().to(where)  # (200, 1)
     xs, ys = task.x_support[index].to(where), task.y_support[index].to(where)
     colors = plt.get_cmap(cmap)
+    path = None
+    if rule is not None:
+        path = lstm_meta.adapt(
+            model, dict(params), dict(rule), xs, ys, inner_steps=max(steps), trajectory=True
+        )
     adapted, done = dict(params), 0
     for i, target in enumerate(sorted(steps)):
-        adapted = maml.adapt(
-            model,
-            adapted,
-            xs,
-            ys,
-            inner_lr=inner_lr,
-            inner_steps=target - done,
-            adapt_only=adapt_only,
-        )
+        if path is not None:
+            adapted = path[target]
+        else:
+            adapted = maml.adapt(
+                model,
+                adapted,
+                xs,
+                ys,
+                inner_lr=inner_lr,
+                inner_steps=target - done,
+                adapt_only=adapt_only,
+            )
         done = target
         with torch.no_grad():
             y_plot = functional_call(model, adapted, (x_plot,))
@@ -150,6 +161,36 @@ def plot_curves(
     ax.set(xlabel="inner gradient steps", ylabel=ylabel)
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # steps are whole numbers
     ax.legend(fontsize=8)
+    return ax
+
+
+def plot_gates(
+    values: Mapping[str, Tensor],
+    *,
+    ax: Axes | None = None,
+    ylabel: str = "step size σ(i)",
+    mark_step: int | None = None,
+    log: bool = True,
+) -> Axes:
+    """One line per tensor of what a learned rule does at each step (``values``: a field
+    of :func:`metalib.algorithms.lstm_meta.gates_by_tensor`): a colour per layer, weights
+    solid and biases dotted; ``mark_step`` draws a vertical line at that step."""
+    ax = _axes(ax)
+    layers = list(dict.fromkeys(name.rsplit(".", 1)[0] for name in values))
+    colors = plt.get_cmap("viridis")
+    for name, series in values.items():
+        layer, kind = name.rsplit(".", 1) if "." in name else (name, "weight")
+        shade = colors(layers.index(layer) / max(len(layers) - 1, 1) * 0.85)
+        steps = range(1, len(series) + 1)
+        style = ":" if kind == "bias" else "-"
+        ax.plot(steps, series.detach().cpu(), ls=style, marker="o", ms=3, color=shade, label=name)
+    if mark_step is not None:
+        ax.axvline(mark_step, color="grey", lw=1, alpha=0.6)
+    if log:
+        ax.set_yscale("log")
+    ax.set(xlabel="inner step", ylabel=ylabel)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.legend(fontsize=7)
     return ax
 
 

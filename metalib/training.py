@@ -345,11 +345,16 @@ def evaluate(
         metric_fn=metric_fn,
         chunk=chunk,
     )
+    return curve(per_task)
+
+
+def curve(per_task: Tensor) -> Curve:
+    """The :class:`Curve` of ``(steps + 1, tasks)`` per-task losses (:func:`losses_by_step`)."""
     mean, ci = mean_ci95(per_task.T)
     diverged = (~torch.isfinite(per_task) | (per_task > DIVERGED)).sum(1)
     return Curve(
         tuple(mean.tolist()),
         tuple(ci.tolist()),
-        n_tasks=len(tasks),
+        n_tasks=per_task.shape[1],
         diverged=tuple(diverged.tolist()),
     )

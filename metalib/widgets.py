@@ -48,7 +48,7 @@ from torch import nn
 from torch.func import functional_call
 
 from metalib import checks, evaluation
-from metalib.algorithms import cnp, maml
+from metalib.algorithms import cnp, lstm_meta, maml
 from metalib.algorithms.maml import InnerLr
 from metalib.data.episodes import EpisodeSampler
 from metalib.data.omniglot import Omniglot
@@ -137,7 +137,8 @@ class AdaptationPanel:
             :class:`metalib.recipes.sinusoid.Learner` adapts as it was trained: only its
             ``adapt_only`` parameters, and with its learned step sizes if it has them
             (Meta-SGD), in which case the inner-lr slider does not apply to it and the
-            summary line says so.
+            summary line says so; one with a learned update rule (LSTM meta-learner) takes
+            its rule's steps, and the slider does not apply to it either.
         seed: seeds the support points, so moving one slider does not redraw the others.
         query_points: points used to score each adapted model (the summary line).
 
@@ -223,6 +224,10 @@ class AdaptationPanel:
             )
         return entry, parameters_of(entry), slider_lr, None
 
+    def _rule(self, name: str) -> dict | None:
+        entry = self.models[name]
+        return entry.rule if isinstance(entry, Learner) else None
+
     def mse(self) -> dict[str, float]:
         """Query MSE of each model after adapting with the current slider values."""
         s, task = self.state(), self.task()
@@ -230,15 +235,20 @@ class AdaptationPanel:
         for name in self.models:
             model, params, inner_lr, adapt_only = self._adaptation(name)
             here = task.to(next(iter(params.values())).device)  # drawn on the CPU
-            adapted = maml.adapt(
-                model,
-                params,
-                here.x_support[0],
-                here.y_support[0],
-                inner_lr=inner_lr,
-                inner_steps=s["inner_steps"],
-                adapt_only=adapt_only,
-            )
+            support = (here.x_support[0], here.y_support[0])
+            if (rule := self._rule(name)) is not None:
+                adapted = lstm_meta.adapt(
+                    model, params, rule, *support, inner_steps=s["inner_steps"]
+                )
+            else:
+                adapted = maml.adapt(
+                    model,
+                    params,
+                    *support,
+                    inner_lr=inner_lr,
+                    inner_steps=s["inner_steps"],
+                    adapt_only=adapt_only,
+                )
             with torch.no_grad():
                 prediction = functional_call(model, adapted, (here.x_query[0],))
             out[name] = F.mse_loss(prediction, here.y_query[0]).item()
@@ -263,6 +273,7 @@ class AdaptationPanel:
                 adapt_only=adapt_only,
                 name=name,
                 cmap=cmap,
+                rule=self._rule(name),
             )
             ax.set(title=name, ylim=(-5.5, 5.5))
         for ax in list(axes.flat)[len(names) :]:
@@ -273,8 +284,11 @@ class AdaptationPanel:
             for n in self.models
             if isinstance(self.models[n], Learner) and isinstance(self.models[n].inner_lr, dict)
         ]
+        ruled = [n for n in self.models if self._rule(n) is not None]
         scores = " · ".join(f"{name}: <b>{value:.3f}</b>" for name, value in self.mse().items())
-        note = f" ({', '.join(learned)}: learned step sizes)" if learned else ""
+        notes = [f"{', '.join(learned)}: learned step sizes"] if learned else []
+        notes += [f"{', '.join(ruled)}: learned update rule"] if ruled else []
+        note = f" ({'; '.join(notes)})" if notes else ""
         self.summary.value = (
             f"K={s['k_shot']}, {s['inner_steps']} inner steps, α={s['inner_lr']:.3f}{note} "
             f"→ query MSE {scores}"

@@ -160,7 +160,9 @@ def test_the_command_line_imports_only_what_it_needs(argv, tmp_path):
         assert (tmp_path / "run.pt").exists(), "the run really trained and saved"
 
 
-@pytest.mark.parametrize("recipe", ["fomaml", "reptile", "meta-sgd", "anil", "pretrain"])
+@pytest.mark.parametrize(
+    "recipe", ["fomaml", "reptile", "meta-sgd", "anil", "lstm-meta", "pretrain"]
+)
 def test_every_recipe_trains_saves_and_evaluates(recipe, tmp_path, capsys):
     stem = tmp_path / recipe
     code, _, err = run(
@@ -182,9 +184,9 @@ def test_every_recipe_trains_saves_and_evaluates(recipe, tmp_path, capsys):
     assert code == 0, err
     config = json.loads((tmp_path / f"{recipe}.json").read_text())["config"]
     assert config["method"] == recipe
-    expected = {"maml": 2, "reptile": 5, "anil": 5, "pretrain": 0}.get(recipe, 1)
+    expected = {"maml": 2, "reptile": 5, "anil": 5, "lstm-meta": 5, "pretrain": 0}.get(recipe, 1)
     assert config["inner_steps"] == expected
-    assert config["first_order"] == (recipe == "fomaml")
+    assert config["first_order"] == (recipe in ("fomaml", "lstm-meta"))
     code, out, err = run(
         ["evaluate", str(stem) + ".pt", "--tasks", "20", "--device", "cpu"], capsys
     )
@@ -192,6 +194,20 @@ def test_every_recipe_trains_saves_and_evaluates(recipe, tmp_path, capsys):
     result = json.loads(out)
     assert result["recipe"] == f"sinusoid-{recipe}"
     assert (result["inner_lr"] == "learned (Meta-SGD)") == (recipe == "meta-sgd")
+    assert (result["inner_lr"] == "learned rule (LSTM meta-learner)") == (recipe == "lstm-meta")
+
+
+def test_a_flag_that_is_on_by_default_can_be_turned_off(tmp_path, capsys):
+    stem = tmp_path / "second"
+    argv = ["train", "sinusoid-lstm-meta", "--out", str(stem), "--meta-steps", "1"]
+    argv += ["--meta-batch-size", "2", "--rule-hidden", "2", "--no-first-order", "--no-progress"]
+    code, _, err = run(argv, capsys)
+    assert code == 0, err
+    assert json.loads((tmp_path / "second.json").read_text())["config"]["first_order"] is False
+    with pytest.raises(SystemExit):
+        run(["train", "sinusoid-lstm-meta", "--help"], capsys)
+    out = capsys.readouterr().out
+    assert "--first-order, --no-first-order" in out and "(default: on)" in out
 
 
 @pytest.mark.parametrize(
@@ -201,6 +217,8 @@ def test_every_recipe_trains_saves_and_evaluates(recipe, tmp_path, capsys):
         (["train", "sinusoid-maml", "--inner-steps", "-1"], "inner_steps=-1"),
         (["train", "sinusoid-reptile", "--inner-steps", "0"], "reptile' needs inner_steps >= 1"),
         (["train", "sinusoid-meta-sgd", "--inner-lr", "inf"], "inner_lr=inf"),
+        (["train", "sinusoid-lstm-meta", "--inner-lr", "1.5"], "in (0, 1)"),
+        (["train", "sinusoid-lstm-meta", "--rule-hidden", "0"], "rule_hidden=0"),
     ],
 )
 def test_recipe_specific_bad_input(argv, message, tmp_path, capsys):

@@ -149,3 +149,30 @@ def test_plot_instance_accuracy_draws_each_result_reference_and_chance():
     assert list(lines[1].get_ydata()) == [0.36, 0.83]
     assert lines[2].get_ydata()[0] == 0.2
     plt.close(ax.figure)
+
+
+def test_a_learned_rule_adapts_in_the_plot_and_its_gates_are_drawn():
+    from metalib.algorithms import lstm_meta
+
+    fig, axes = plt.subplots(1, 3)
+    task = held_out_tasks(2, k_shot=5)
+    torch.manual_seed(0)
+    model = SinusoidMLP()
+    params = parameters_of(model)
+    rule = lstm_meta.init_rule(4, generator=torch.Generator().manual_seed(0))
+    plotting.plot_adaptation(model, params, task, ax=axes[0], steps=(0, 3), rule=rule)
+    path = lstm_meta.adapt(
+        model, params, rule, task.x_support[0], task.y_support[0], inner_steps=3, trajectory=True
+    )
+    from torch.func import functional_call
+
+    grid = torch.linspace(-5, 5, 200).unsqueeze(-1)
+    expected = functional_call(model, path[3], (grid,)).detach().squeeze(-1)
+    drawn = torch.as_tensor(axes[0].get_lines()[-1].get_ydata())
+    torch.testing.assert_close(drawn, expected)  # the rule's third step, not gradient descent's
+    gates = lstm_meta.gates_by_tensor(model, params, rule, task, inner_steps=3)
+    assert plotting.plot_gates(gates.step_size, ax=axes[1], mark_step=2) is axes[1]
+    lines = axes[1].get_lines()
+    assert len(lines) == len(params) + 1 and axes[1].get_yscale() == "log"
+    assert [line.get_linestyle() for line in lines[:2]] == ["-", ":"]  # weight, bias
+    plt.close(fig)

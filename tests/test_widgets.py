@@ -2,6 +2,8 @@ import base64
 
 import pytest
 import torch
+import torch.nn.functional as F
+from torch.func import functional_call
 
 from metalib import evaluation, widgets
 from metalib.data import omniglot
@@ -70,6 +72,34 @@ def test_learners_adapt_as_trained_and_the_method_picker_redraws():
     before = panel.mse()["Meta-SGD"]
     panel.controls["inner_lr"].value = 0.1  # Meta-SGD's learned step sizes do not move
     assert panel.mse()["Meta-SGD"] == before
+
+
+def test_a_learned_update_rule_takes_its_own_steps_in_the_panel():
+    from metalib.algorithms import lstm_meta
+    from metalib.recipes.sinusoid import SinusoidConfig, make_learner
+
+    learner = make_learner(
+        SinusoidConfig.for_method("lstm-meta", rule_hidden=4), torch.device("cpu")
+    )
+    panel = AdaptationPanel({"LSTM": learner})
+    assert "LSTM: learned update rule" in panel.summary.value
+    panel.controls["inner_steps"].value = 3
+    task = panel.task()
+    adapted = lstm_meta.adapt(
+        learner.model,
+        learner.params,
+        learner.rule,
+        task.x_support[0],
+        task.y_support[0],
+        inner_steps=3,
+    )
+    with torch.no_grad():
+        expected = F.mse_loss(
+            functional_call(learner.model, adapted, (task.x_query[0],)), task.y_query[0]
+        )
+    assert panel.mse()["LSTM"] == pytest.approx(expected.item())
+    panel.controls["inner_lr"].value = 0.1  # the slider's α is not the rule's
+    assert panel.mse()["LSTM"] == pytest.approx(expected.item())
 
 
 @pytest.fixture

@@ -130,6 +130,11 @@ def to_state(rule: Params) -> Params:
     return {PREFIX + name: value.detach() for name, value in rule.items()}
 
 
+def to_state_refs(rule: Params) -> Params:
+    """The rule's tensors themselves (not copies) under checkpoint keys, for an optimiser."""
+    return {PREFIX + name: value for name, value in rule.items()}
+
+
 def from_state(state: Params) -> tuple[Params, Params]:
     """Split a checkpoint's tensors into ``(weights, rule)``."""
     weights = {k: v for k, v in state.items() if not k.startswith(PREFIX)}
@@ -203,6 +208,58 @@ def _gate(rule: Params, kind: str, h: Tensor, theta: Tensor, last: Tensor) -> Te
     return inputs @ rule[f"{kind}.weight"] + rule[f"{kind}.bias"]
 
 
+class Rollout(NamedTuple):
+    """What :func:`rollout` records: the parameters after 0, 1, ..., S steps, and the
+    gates of every step, ``(S, n_weights)`` each, over the weights flattened in order."""
+
+    params: list[Params]
+    forget: Tensor
+    input: Tensor
+
+
+def rollout(
+    model: nn.Module,
+    params: Params,
+    rule: Params,
+    x: Tensor,
+    y: Tensor,
+    *,
+    loss_fn: LossFn = F.mse_loss,
+    inner_steps: int = 5,
+    first_order: bool = True,
+) -> Rollout:
+    """``inner_steps`` steps of the learned rule on one task, with every gate it opened.
+
+    Each step is ``θ ← σ(f) ∘ θ − σ(i) ∘ ∇L_support(θ)``. Works eagerly and under ``vmap``;
+    the result is differentiable with respect to ``params`` and ``rule``.
+
+    Args:
+        first_order: treat each step's gradient and loss as constants, as the paper does.
+    """
+    checks.count("inner_steps", inner_steps, 0)
+    state = init_state(params, rule["lstm.weight_h"].shape[0])
+    theta, adapted, path = flatten(params), dict(params), [dict(params)]
+    forgets, inputs = [], []
+
+    def support_loss(fast: Params) -> Tensor:
+        return loss_fn(functional_call(model, fast, (x,)), y)
+
+    for _ in range(inner_steps):
+        grads, loss = grad_and_value(support_loss)(adapted)
+        grad = flatten(grads)
+        if first_order:
+            grad, loss = grad.detach(), loss.detach()
+        forget, input, state = gates(rule, grad, loss, theta, state)
+        theta = forget * theta - input * grad  # (n_weights,)
+        adapted = unflatten(theta, params)
+        path.append(adapted)
+        forgets.append(forget)
+        inputs.append(input)
+    empty = theta.new_zeros(0, len(theta))
+    stacked = [torch.stack(g) if g else empty for g in (forgets, inputs)]
+    return Rollout(path, *stacked)
+
+
 def adapt(
     model: nn.Module,
     params: Params,
@@ -215,32 +272,24 @@ def adapt(
     first_order: bool = True,
     trajectory: bool = False,
 ) -> Params | list[Params]:
-    """Adapt ``params`` to one task with ``inner_steps`` steps of the learned rule.
-
-    Each step is ``θ ← σ(f) ∘ θ − σ(i) ∘ ∇L_support(θ)``. Works eagerly and under
-    ``vmap``; the result is differentiable with respect to ``params`` and ``rule``.
+    """Adapt ``params`` to one task with ``inner_steps`` steps of the learned rule
+    (:func:`rollout`'s parameters).
 
     Args:
         first_order: treat each step's gradient and loss as constants, as the paper does.
         trajectory: return the parameters after 0, 1, ..., ``inner_steps`` steps.
     """
-    checks.count("inner_steps", inner_steps, 0)
-    state = init_state(params, rule["lstm.weight_h"].shape[0])
-    theta, adapted, path = flatten(params), dict(params), [dict(params)]
-
-    def support_loss(fast: Params) -> Tensor:
-        return loss_fn(functional_call(model, fast, (x,)), y)
-
-    for _ in range(inner_steps):
-        grads, loss = grad_and_value(support_loss)(adapted)
-        grad = flatten(grads)
-        if first_order:
-            grad, loss = grad.detach(), loss.detach()
-        forget, input, state = gates(rule, grad, loss, theta, state)
-        theta = forget * theta - input * grad
-        adapted = unflatten(theta, params)
-        path.append(adapted)
-    return path if trajectory else adapted
+    path = rollout(
+        model,
+        params,
+        rule,
+        x,
+        y,
+        loss_fn=loss_fn,
+        inner_steps=inner_steps,
+        first_order=first_order,
+    ).params
+    return path if trajectory else path[-1]
 
 
 def task_loss(
@@ -317,3 +366,79 @@ def meta_loss_loop(
         for i in range(len(tasks))
     ]
     return torch.stack(losses).mean()
+
+
+def losses_by_step(
+    model: nn.Module,
+    params: Params,
+    rule: Params,
+    tasks: TaskBatch,
+    *,
+    loss_fn: LossFn = F.mse_loss,
+    max_steps: int = 10,
+    chunk: int = 500,
+) -> Tensor:
+    """Query loss of every task after 0, 1, ..., ``max_steps`` steps of the rule, as
+    :func:`metalib.training.losses_by_step` gives for gradient descent.
+
+    The rule keeps a memory across steps, so step ``s`` is the ``s``-th state of one run of
+    ``max_steps`` steps (not ``s`` fresh steps).
+
+    Returns:
+        ``(max_steps + 1, tasks)``.
+    """
+    hidden_size(rule)
+    checks.count("max_steps", max_steps, 0)
+    frozen = {k: v.detach() for k, v in params.items()}
+    fixed = {k: v.detach() for k, v in rule.items()}
+
+    def one(xs: Tensor, ys: Tensor, xq: Tensor, yq: Tensor) -> Tensor:
+        path = adapt(
+            model, frozen, fixed, xs, ys, loss_fn=loss_fn, inner_steps=max_steps, trajectory=True
+        )
+        return torch.stack([loss_fn(functional_call(model, p, (xq,)), yq) for p in path])
+
+    pieces = []
+    for lo in range(0, len(tasks), chunk):
+        part = type(tasks)(*(t[lo : lo + chunk] for t in tasks))
+        with torch.no_grad():
+            pieces.append(vmap(one)(*part.support, *part.query))  # (chunk, max_steps + 1)
+    return torch.cat(pieces).T.detach()
+
+
+class Gates(NamedTuple):
+    """What the rule does to each tensor of the learner at each step, averaged over its
+    entries and over tasks: the step size ``σ(i)`` and the decay ``1 − σ(f)``, each
+    ``{tensor name: (inner_steps,)}``."""
+
+    step_size: Params
+    decay: Params
+
+
+def gates_by_tensor(
+    model: nn.Module,
+    params: Params,
+    rule: Params,
+    tasks: TaskBatch,
+    *,
+    loss_fn: LossFn = F.mse_loss,
+    inner_steps: int = 5,
+) -> Gates:
+    """The learned step size and decay of every tensor at every step, over ``tasks``
+    (the picture of what the rule learned, chapter 04)."""
+    hidden_size(rule)
+    frozen = {k: v.detach() for k, v in params.items()}
+    fixed = {k: v.detach() for k, v in rule.items()}
+
+    def one(xs: Tensor, ys: Tensor) -> tuple[Tensor, Tensor]:
+        run = rollout(model, frozen, fixed, xs, ys, loss_fn=loss_fn, inner_steps=inner_steps)
+        return run.forget, run.input
+
+    with torch.no_grad():
+        forget, input = vmap(one)(*tasks.support)  # (tasks, inner_steps, n_weights) each
+    sizes = [t.numel() for t in params.values()]
+
+    def by_tensor(values: Tensor) -> Params:  # (inner_steps, n_weights) -> name: (inner_steps,)
+        return {n: v.mean(-1) for n, v in zip(params, values.split(sizes, dim=-1))}
+
+    return Gates(by_tensor(input.mean(0)), by_tensor(1 - forget.mean(0)))

@@ -1,11 +1,12 @@
 """Sinusoid regression: ``sinusoid-maml``, ``-fomaml``, ``-reptile``, ``-meta-sgd``,
-``-anil`` and ``-pretrain``.
+``-anil``, ``-lstm-meta`` and ``-pretrain``.
 
-The six recipes share the setting of MAML's sinusoid experiment (Finn et al. 2017,
+The seven recipes share the setting of MAML's sinusoid experiment (Finn et al. 2017,
 section 5.1): a 1-40-40-1 ReLU network, K = 10, inner step 0.01, Adam. The command line,
 the notebooks and the benchmarks all train through :func:`train` and load through
 :func:`metalib.recipes.load`, so a checkpoint made by one is what the others see. Taught in
-``notebooks/02_maml_sinusoid.ipynb`` and ``03_beyond_maml.ipynb``.
+``notebooks/02_maml_sinusoid.ipynb``, ``03_beyond_maml.ipynb`` and
+``04_learned_update_rule.ipynb``.
 """
 
 from __future__ import annotations
@@ -18,25 +19,28 @@ import torch
 from torch import Tensor
 
 from metalib import checks, runtime, training
-from metalib.algorithms import maml, meta_sgd, pretrain, reptile
+from metalib.algorithms import lstm_meta, maml, meta_sgd, pretrain, reptile
 from metalib.evaluation import TEST_SEED, held_out_tasks
 from metalib.models import SinusoidMLP, parameters_of
 from metalib.recipes.base import Config, Flag, Run, fit, load_weights
 from metalib.tasks import SinusoidTasks
 from metalib.training import Curve, check_outer_lr
 
-METHODS = ("maml", "fomaml", "reptile", "meta-sgd", "anil", "pretrain")
+METHODS = ("maml", "fomaml", "reptile", "meta-sgd", "anil", "lstm-meta", "pretrain")
 # What differs from the shared defaults, per method (see each module for why). FOMAML and
 # Meta-SGD keep the paper's one step: with two, FOMAML's 5-step test error over five seeds
 # rose from 0.51 ± 0.09 to 0.72 ± 0.08 (its first-order outer step ignores more of the
 # inner loop), and Meta-SGD's learned step sizes are tuned for one step (chapter 03); with
 # more steps and unclipped step sizes its training diverges (``clip_steps`` fixes that).
+# The LSTM meta-learner is first-order, as its paper (lstm_meta's docstring), and takes
+# 5 steps: its rule learns per step, so it is trained for the steps it is tested with.
 # Pretraining takes no inner step.
 METHOD_DEFAULTS: dict[str, dict[str, Any]] = {
     "fomaml": {"first_order": True, "inner_steps": 1},
     "reptile": {"inner_steps": 5},
     "meta-sgd": {"inner_steps": 1},
     "anil": {"inner_steps": 5},
+    "lstm-meta": {"inner_steps": 5, "first_order": True},
     "pretrain": {"inner_steps": 0},
 }
 RECIPES = {
@@ -45,9 +49,10 @@ RECIPES = {
     "sinusoid-reptile": "Reptile (Nichol et al. 2018), 5 inner steps",
     "sinusoid-meta-sgd": "Meta-SGD (Li et al. 2017): learned per-weight inner step sizes",
     "sinusoid-anil": "ANIL (Raghu et al. 2020): only the last layer adapts, 5 inner steps",
+    "sinusoid-lstm-meta": "the LSTM meta-learner (Ravi & Larochelle 2017): a learned update rule",
     "sinusoid-pretrain": "the paper's baseline: one network regressed on all tasks",
 }
-_INNER = ("maml", "fomaml", "reptile", "meta-sgd", "anil")
+_INNER = ("maml", "fomaml", "reptile", "meta-sgd", "anil", "lstm-meta")
 
 
 @dataclass(frozen=True)
@@ -74,6 +79,7 @@ class SinusoidConfig(Config):
     outer_lr_schedule: str = "constant"
     first_order: bool = False
     clip_steps: float = 0.0
+    rule_hidden: int = 20
     hidden: tuple[int, ...] = (40, 40)
     seed: int = 0
 
@@ -82,15 +88,23 @@ class SinusoidConfig(Config):
         "meta_batch_size": Flag("tasks per outer step"),
         "k_shot": Flag("support points per task in training"),
         "k_query": Flag("query points per task in training"),
-        "inner_lr": Flag("inner step size α (Meta-SGD: the step sizes' initial value)"),
+        "inner_lr": Flag(
+            "inner step size α (Meta-SGD: the step sizes' initial value; LSTM meta-learner: "
+            "the input gate's)"
+        ),
         "inner_steps": Flag("inner gradient steps in training", methods=_INNER),
         "outer_lr": Flag("Adam step size β"),
         "outer_lr_schedule": Flag("β over training", choices=training.SCHEDULES),
-        "first_order": Flag("drop second-order terms", methods=("maml", "meta-sgd", "anil")),
+        "first_order": Flag(
+            "drop second-order terms", methods=("maml", "meta-sgd", "anil", "lstm-meta")
+        ),
         "clip_steps": Flag(
             "if above 0, keep every learned step size in [0, this] (projected after every "
             "outer step); 0: unconstrained, as in the paper",
             methods=("meta-sgd",),
+        ),
+        "rule_hidden": Flag(
+            "units of the update rule's coordinate-wise LSTM", methods=("lstm-meta",)
         ),
         "hidden": Flag("widths of the hidden layers"),
         "seed": Flag("seed for weights and task sampling"),
@@ -99,7 +113,7 @@ class SinusoidConfig(Config):
     def __post_init__(self) -> None:
         checks.one_of("method", self.method, METHODS)
         self.check_counts({"meta_steps": 0, "inner_steps": 0, "seed": 0})
-        self.check_counts({"meta_batch_size": 1, "k_shot": 1, "k_query": 1})
+        self.check_counts({"meta_batch_size": 1, "k_shot": 1, "k_query": 1, "rule_hidden": 1})
         maml.check_hyperparameters(inner_lr=self.inner_lr, inner_steps=self.inner_steps)
         check_outer_lr(self.outer_lr, self.outer_lr_schedule)
         if self.method == "fomaml" and not self.first_order:
@@ -120,6 +134,16 @@ class SinusoidConfig(Config):
             )
         if self.method == "reptile" and self.inner_steps < 1:
             raise ValueError("method='reptile' needs inner_steps >= 1.")
+        if self.method == "lstm-meta" and not 0 < self.inner_lr < 1:
+            raise ValueError(
+                f"inner_lr={self.inner_lr} is the LSTM meta-learner's first input gate, a "
+                "sigmoid: choose it in (0, 1), e.g. 0.01."
+            )
+        if self.rule_hidden != 20 and self.method != "lstm-meta":
+            raise ValueError(
+                f"rule_hidden={self.rule_hidden} sizes a learned update rule "
+                f"(method='lstm-meta'), not method={self.method!r}: leave it at 20."
+            )
 
     @classmethod
     def for_method(cls, method: str, **overrides: Any) -> SinusoidConfig:
@@ -143,12 +167,14 @@ class SinusoidConfig(Config):
 
 @dataclass
 class Learner:
-    """What adapts at test time: the network, its step size(s) and what it adapts."""
+    """What adapts at test time: the network, its step size(s) and what it adapts, or
+    (LSTM meta-learner) the learned rule that adapts it."""
 
     model: SinusoidMLP
     config: SinusoidConfig
     inner_lr: float | dict[str, Tensor]
     adapt_only: tuple[str, ...] | None
+    rule: dict[str, Tensor] | None = None
 
     @property
     def params(self) -> dict[str, Tensor]:
@@ -173,7 +199,14 @@ def make_learner(config: SinusoidConfig, device: torch.device) -> Learner:
     if config.method == "meta-sgd":
         inner_lr = meta_sgd.init_inner_lr(parameters_of(model), value=config.inner_lr)
     adapt_only = model.head_names() if config.method == "anil" else None
-    return Learner(model, config, inner_lr, adapt_only)
+    rule = None
+    if config.method == "lstm-meta":
+        generator = torch.Generator().manual_seed(config.seed)
+        rule = lstm_meta.init_rule(
+            config.rule_hidden, inner_lr=config.inner_lr, generator=generator
+        )
+        rule = {name: value.to(device).detach().requires_grad_() for name, value in rule.items()}
+    return Learner(model, config, inner_lr, adapt_only, rule)
 
 
 def step_loss_fn(
@@ -207,6 +240,15 @@ def step_loss_fn(
             return reptile.surrogate_loss(
                 model, params, tasks, inner_lr=config.inner_lr, inner_steps=config.inner_steps
             )
+        if learner.rule is not None:
+            return lstm_meta.meta_loss(
+                model,
+                params,
+                learner.rule,
+                tasks,
+                inner_steps=config.inner_steps,
+                first_order=config.first_order,
+            )
         return meta_loss_fn(
             model,
             params,
@@ -235,6 +277,8 @@ def train(
     trainable = dict(learner.params)
     if isinstance(learner.inner_lr, dict):
         trainable.update(meta_sgd.to_state_refs(learner.inner_lr))
+    if learner.rule is not None:
+        trainable.update(lstm_meta.to_state_refs(learner.rule))
     generator = torch.Generator().manual_seed(config.seed)
     project = None
     if config.clip_steps:
@@ -254,16 +298,20 @@ def train(
     )
     if isinstance(learner.inner_lr, dict):
         meta_sgd.check_inner_lr(learner.inner_lr, learner.params)
+    if learner.rule is not None:
+        lstm_meta.hidden_size(learner.rule)  # raises if training left non-finite tensors
     return Run(config, learner.model.eval(), trainable, history, dev)
 
 
 def learner_of(run: Run) -> Learner:
-    """What adapts at test time in ``run``: its network, step size(s) and adapted layers."""
+    """What adapts at test time in ``run``: its network, step size(s) and adapted layers,
+    or its learned update rule."""
     config = run.config
-    _, lrs = meta_sgd.from_state(run.params)
+    weights, rule = lstm_meta.from_state(run.params)
+    _, lrs = meta_sgd.from_state(weights)
     inner_lr: float | dict[str, Tensor] = lrs if config.method == "meta-sgd" else config.inner_lr
     adapt_only = run.model.head_names() if config.method == "anil" else None
-    return Learner(run.model, config, inner_lr, adapt_only)
+    return Learner(run.model, config, inner_lr, adapt_only, rule if rule else None)
 
 
 def mse_by_step(
@@ -282,17 +330,28 @@ def mse_by_step(
     A bare model adapts all its weights with ``inner_lr`` (default 0.01); a
     :class:`Learner` (or a :class:`~metalib.recipes.base.Run`) adapts as it was trained
     (its learned step sizes, its ``adapt_only``) unless ``inner_lr`` overrides the step
-    size. ``support_range`` and ``query_range`` restrict where the support and query
-    points are drawn (the extrapolation demo).
+    size. A learner with an update rule (LSTM meta-learner) takes ``max_steps`` steps of
+    its rule, which keeps a memory across them. ``support_range`` and ``query_range``
+    restrict where the support and query points are drawn (the extrapolation demo).
     """
     model = learner_of(model) if isinstance(model, Run) else model
     chosen = model if isinstance(model, Learner) else None
     net = chosen.model if chosen else model
+    if chosen and chosen.rule is not None and inner_lr is not None:
+        raise ValueError(
+            f"inner_lr={inner_lr}: the LSTM meta-learner's steps are its learned rule's, "
+            "not a step size's; leave inner_lr None."
+        )
     step = inner_lr if inner_lr is not None else (chosen.inner_lr if chosen else 0.01)
     tasks = held_out_tasks(
         n_tasks, k_shot=k_shot, seed=seed, support_range=support_range, query_range=query_range
     )
     dev = next(net.parameters()).device
+    if chosen and chosen.rule is not None:
+        per_task = lstm_meta.losses_by_step(
+            net, parameters_of(net), chosen.rule, tasks.to(dev), max_steps=max_steps
+        )
+        return training.curve(per_task)
     return training.evaluate(
         net,
         parameters_of(net),
@@ -317,12 +376,15 @@ def evaluate(
         chosen, k_shot=k_shot, n_tasks=tasks, inner_lr=inner_lr, max_steps=max(REPORT_STEPS)
     )
     learned = isinstance(chosen.inner_lr, dict) and inner_lr is None
+    step: str | float = run.config.inner_lr if inner_lr is None else inner_lr
+    if learned:
+        step = "learned (Meta-SGD)"
+    if chosen.rule is not None:
+        step = "learned rule (LSTM meta-learner)"
     return {
         "k_shot": k_shot,
         "tasks": tasks,
-        "inner_lr": "learned (Meta-SGD)"
-        if learned
-        else (run.config.inner_lr if inner_lr is None else inner_lr),
+        "inner_lr": step,
         "mse": curve.to_dict(REPORT_STEPS),
     }
 
@@ -334,7 +396,7 @@ def metrics(run: Run) -> dict[str, Any]:
 
 
 def state_dict(run: Run) -> dict[str, Tensor]:
-    """What a checkpoint keeps: the network's weights and any learned step sizes."""
+    """What a checkpoint keeps: the network's weights and any learned step sizes or rule."""
     return {**run.model.state_dict(), **run.params}
 
 
@@ -343,13 +405,26 @@ def restore(
 ) -> tuple[SinusoidMLP, dict[str, Tensor]]:
     """The network and trained tensors of a checkpoint's ``state`` (raises ``ValueError``)."""
     fresh = make_learner(config, device)
-    weights, lrs = meta_sgd.from_state(state)
+    weights, rule = lstm_meta.from_state(state)
+    weights, lrs = meta_sgd.from_state(weights)
     load_weights(fresh.model, weights, f"SinusoidMLP{config.hidden}")
     if isinstance(fresh.inner_lr, dict):
         meta_sgd.check_inner_lr(lrs, fresh.params)
     elif lrs:
         raise ValueError(f"it has learned step sizes, which recipe {config.recipe} does not learn")
-    params = {**fresh.params, **meta_sgd.to_state_refs({k: v.to(device) for k, v in lrs.items()})}
+    if fresh.rule is not None:
+        if lstm_meta.hidden_size(rule) != config.rule_hidden:
+            raise ValueError(
+                f"its update rule has {lstm_meta.hidden_size(rule)} hidden units, its config "
+                f"says rule_hidden={config.rule_hidden}"
+            )
+    elif rule:
+        raise ValueError(f"it has an update rule, which recipe {config.recipe} does not learn")
+    params = {
+        **fresh.params,
+        **meta_sgd.to_state_refs({k: v.to(device) for k, v in lrs.items()}),
+        **lstm_meta.to_state_refs({k: v.to(device) for k, v in rule.items()}),
+    }
     return fresh.model, params
 
 
