@@ -18,7 +18,7 @@ CELL_TIMEOUT ?= 300
 NOTEBOOKS := $(sort $(wildcard notebooks/[0-9][0-9]_*.ipynb))
 # The chapters whose training cells have a full-budget branch (a GPU's default), run a
 # second time by `make test` with that branch chosen, at quick-mode sizes.
-FULL_BUDGET_NOTEBOOKS := $(sort $(wildcard notebooks/0[5-7]_*.ipynb))
+FULL_BUDGET_NOTEBOOKS := $(sort $(wildcard notebooks/0[6-8]_*.ipynb))
 # Data settings (docs/cli.md, "Settings"): a relative METALIB_DATA or METALIB_CACHE given to make
 # is made absolute, because notebooks run with notebooks/ as their working directory.
 ifdef METALIB_DATA
@@ -49,7 +49,7 @@ lab: $(READERS)
 	$(BIN)/jupyter lab $(LAB_ARGS) notebooks/
 
 # Unit tests (the browser tests among them, skipped with the reason where Chromium is missing),
-# then every notebook under nbval in quick mode with the demo budget, then chapters 05-07
+# then every notebook under nbval in quick mode with the demo budget, then chapters 06-08
 # again with the full-budget branch of their training cells, then the linter.
 test: $(MAINTAINERS)
 	METALIB_QUICK=1 METALIB_BUDGET=demo $(BIN)/python -m pytest tests/ \
@@ -108,7 +108,7 @@ html-instructor: $(INSTRUCTORS)
 
 # Retrain the shipped checkpoints at full budget (see docs/retraining.md).
 checkpoints: $(READERS)
-	for recipe in maml fomaml reptile meta-sgd anil pretrain; do \
+	for recipe in maml fomaml reptile meta-sgd anil lstm-meta pretrain; do \
 	    name=$$(echo $$recipe | tr - _); \
 	    $(BIN)/python -m metalib train sinusoid-$$recipe --out data/checkpoints/sinusoid_$$name \
 	        --no-progress || exit 1; \

@@ -16,7 +16,7 @@ Every method runs in this process, one task at a time, after two warm-up tasks; 
 the device, a table with the ratio of each time to the cheapest peer, the share of CPU time
 stolen by other guests of the host meanwhile (Linux only), and one JSON line.
 ``--save`` writes the record into ``data/results/test_time_cost.json`` under the device
-kind (``cpu`` or ``cuda``), which ``notebooks/08_comparison.ipynb`` reads.
+kind (``cpu`` or ``cuda``), which ``notebooks/09_comparison.ipynb`` reads.
 """
 
 from __future__ import annotations

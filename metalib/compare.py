@@ -1,4 +1,4 @@
-"""Every method of the course side by side: the tables and plot of chapter 08.
+"""Every method of the course side by side: the tables and plot of chapter 09.
 
 Nothing here is typed in except the papers' values, each with its citation. Our numbers
 are read from two kinds of evaluation output:
@@ -16,7 +16,7 @@ are read from two kinds of evaluation output:
 
 ``python -m metalib evaluate PATH.pt`` re-runs any single evaluation;
 ``tests/test_shipped_checkpoints.py`` checks that the sidecars agree with it.
-Taught in ``notebooks/08_comparison.ipynb``.
+Taught in ``notebooks/09_comparison.ipynb``.
 """
 
 from __future__ import annotations
@@ -65,6 +65,7 @@ SINUSOID_METHODS = {
     "reptile": ("Reptile", "optimization"),
     "meta-sgd": ("Meta-SGD", "optimization"),
     "anil": ("ANIL", "optimization"),
+    "lstm-meta": ("LSTM meta-learner", "optimization"),
     "pretrain": ("pretrained, then fine-tuned", "transfer"),
 }
 
@@ -240,7 +241,7 @@ def omniglot_rows(entries: list[Entry]) -> list[dict]:
 def trained_on(rows: list[dict], kind: str) -> list[dict]:
     """The rows of checkpoints trained on a device of ``kind`` (``"cpu"`` or ``"cuda"``).
 
-    Chapter 08's claims about the course's CPU budgets are checked on the CPU-trained rows,
+    Chapter 09's claims about the course's CPU budgets are checked on the CPU-trained rows,
     so checkpoints trained at the papers' budgets on a GPU join the tables without
     changing what those claims say.
     """

@@ -5,7 +5,7 @@ Every recipe is scored on the same held-out data: 1,000 sinusoid tasks drawn wit
 :data:`TEST_SEED`, and Omniglot test episodes with :data:`TEST_K_QUERY` queries per class
 drawn with the same seed. Indices are always drawn by a CPU generator and only then moved
 to the device, so a seed names the same tasks and episodes on every device. Used by the
-recipes in :mod:`metalib.recipes`, the widgets and chapter 08.
+recipes in :mod:`metalib.recipes`, the widgets and chapter 09.
 """
 
 from __future__ import annotations

@@ -10,7 +10,7 @@ scores query images against a support set you choose. Every checkpoint is read b
     classifier = pretrained.load("protonet_omniglot_1shot")
     scores = classifier.scores(x_support, y_support, x_query)  # (n_query, n_way)
 
-Used in ``notebooks/06_prototypical_networks.ipynb``.
+Used in ``notebooks/07_prototypical_networks.ipynb``.
 """
 
 from __future__ import annotations

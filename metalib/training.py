@@ -105,6 +105,7 @@ def train_loop(
     save_every: int = 200,
     halve_every: int = 2_000,
     after_step: Callable[[int], None] | None = None,
+    max_grad_norm: float = 0.0,
 ) -> History:
     """Minimise ``step_loss`` over ``meta_steps`` outer steps of Adam on ``params``.
 
@@ -130,6 +131,9 @@ def train_loop(
         halve_every: steps between halvings of β (schedule ``"halving"`` only).
         after_step: called as ``after_step(step)`` after each update, before the state is
             saved (so that what it records, e.g. a validation score, is saved with it).
+        max_grad_norm: if above 0, the gradient of all ``params`` together is scaled down
+            to this norm before each Adam step (``torch.nn.utils.clip_grad_norm_``; Ravi &
+            Larochelle 2017 clip their meta-learner's gradients so); 0: never.
 
     Raises:
         FloatingPointError: when the loss is NaN or infinite, naming the step.
@@ -138,6 +142,8 @@ def train_loop(
     check_outer_lr(outer_lr, outer_lr_schedule)
     checks.count("save_every", save_every, 1)
     checks.count("halve_every", halve_every, 1)
+    if max_grad_norm != 0:
+        checks.positive_number("max_grad_norm", max_grad_norm)
     leaves = list(params.values())
     if not all(p.is_leaf and p.requires_grad for p in leaves):
         raise ValueError("params must be leaf tensors with requires_grad=True.")
@@ -187,6 +193,8 @@ def train_loop(
                 )
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
+            if max_grad_norm:
+                torch.nn.utils.clip_grad_norm_(leaves, max_grad_norm, foreach=True)
             updating[0] = True
             optimizer.step()
             if schedule is not None:

@@ -8,20 +8,20 @@ tested) without a browser. Used in ``notebooks/02_maml_sinusoid.ipynb``.
 
 :class:`EpisodePanel` draws Omniglot episodes with the n_way, k_shot and k_query the
 reader picks, and a new one at each press of its button. Used in
-``notebooks/04_omniglot_episodes.ipynb``.
+``notebooks/05_omniglot_episodes.ipynb``.
 
 :class:`TrainingMonitor` is a training callback that redraws the loss, and optionally a
 test accuracy, while training runs. :class:`AccuracyPanel` redraws the per-step accuracy
 of a classifier for chosen test-time inner steps and step size. Both are used in
-``notebooks/05_maml_omniglot.ipynb``.
+``notebooks/06_maml_omniglot.ipynb``.
 
 :class:`PrototypePanel` redraws a Prototypical Network's test accuracy and one episode's
 embedding as the reader changes ``n_way`` and ``k_shot`` at test time. Used in
-``notebooks/06_prototypical_networks.ipynb``.
+``notebooks/07_prototypical_networks.ipynb``.
 
 :class:`ContextPanel` redraws a conditional neural process's prediction and uncertainty
 band as the reader changes the number of context points and the task. Used in
-``notebooks/07_model_based.ipynb``.
+``notebooks/08_model_based.ipynb``.
 
 A widget needs a live kernel. :func:`show` displays a panel and, beneath it, a static
 picture of its current state, so that a notebook read without a kernel (GitHub, the HTML

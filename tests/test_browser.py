@@ -266,7 +266,7 @@ def test_chapter_02_sliders_redraw_the_adaptation(lab):
 )
 @pytest.mark.parametrize(
     ("chapter", "description", "value"),
-    [("05_maml_omniglot", "inner steps", "drag 0.2"), ("06_prototypical_networks", "n_way", "12")],
+    [("06_maml_omniglot", "inner steps", "drag 0.2"), ("07_prototypical_networks", "n_way", "12")],
 )
 @pytest.mark.timeout(1200)
 def test_omniglot_chapter_slider_redraws_its_panel(lab, chapter, description, value):

@@ -133,7 +133,7 @@ def ran_its_course(sidecar: dict) -> bool:
     return steps == planned or (converged and steps < planned)
 
 
-# The metric-based checkpoints of chapter 06: (name, k_shot, the sidecar's settings).
+# The metric-based checkpoints of chapter 07: (name, k_shot, the sidecar's settings).
 METRIC = [
     ("protonet_omniglot_1shot", 1),
     ("protonet_omniglot_5shot", 5),

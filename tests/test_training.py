@@ -198,3 +198,31 @@ def test_a_notebook_saves_the_progress_bar_as_it_ended():
     assert set(outputs[0].data) == {"text/plain"}
     line = outputs[0].data["text/plain"]
     assert line.startswith("demo: 100%") and "60/60" in line, line
+
+
+def test_max_grad_norm_scales_the_gradient_down_before_the_step():
+    """With plain SGD-like Adam the first step moves every weight by outer_lr whatever the
+    gradient's size, so the clipping is seen in the gradient the optimiser was given."""
+    w = torch.tensor([3.0, 4.0], requires_grad=True)
+    seen = []
+
+    def loss(step):
+        return (10 * w).pow(2).sum() / 2  # gradient 100 · w, norm 500
+
+    def record(step, value):
+        seen.append(w.grad.norm().item())
+
+    train_loop(loss, {"w": w}, meta_steps=1, max_grad_norm=0.25, callback=record, progress=False)
+    assert seen == [pytest.approx(0.25)]
+    w2 = torch.tensor([3.0, 4.0], requires_grad=True)
+    seen.clear()
+    train_loop(
+        lambda s: (10 * w2).pow(2).sum() / 2,
+        {"w": w2},
+        meta_steps=1,
+        callback=lambda s, v: seen.append(w2.grad.norm().item()),
+        progress=False,
+    )
+    assert seen == [pytest.approx(500.0)]
+    with pytest.raises(ValueError, match="max_grad_norm=-1"):
+        train_loop(loss, {"w": w}, meta_steps=1, max_grad_norm=-1, progress=False)

@@ -11,7 +11,7 @@ in one forward pass, with no gradient step at test time:
 
 Training maximises the query log-likelihood over random tasks. The standard deviation is
 bounded below (:math:`\\sigma = 0.1 + 0.9\\,\\mathrm{softplus}(\\cdot)`, as in the paper's
-code) so that the likelihood cannot grow without bound on a single point. Chapter 07
+code) so that the likelihood cannot grow without bound on a single point. Chapter 08
 teaches it on sinusoids.
 """
 

@@ -9,7 +9,7 @@ network's state.
 
 The network here follows the paper's design on a convolutional front end:
 
-- each image goes through the four-block embedding of chapter 06 (64-d);
+- each image goes through the four-block embedding of chapter 07 (64-d);
 - an LSTM controller reads ``[embedding, one-hot previous label]``;
 - with ``memory_slots > 0``, an external memory with *least recently used access*
   (LRUA, section 3.2): the controller emits ``reads`` keys; read weights are a softmax of
@@ -18,7 +18,7 @@ The network here follows the paper's design on a convolutional front end:
   by ``gamma`` each step. With ``memory_slots=0`` it is the paper's LSTM baseline.
 
 The output layer maps ``[controller state, read vectors]`` to ``n_way`` logits.
-Taught in ``notebooks/07_model_based.ipynb``.
+Taught in ``notebooks/08_model_based.ipynb``.
 """
 
 from __future__ import annotations

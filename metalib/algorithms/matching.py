@@ -8,9 +8,9 @@ A query ``x̂`` is labelled by attention over the support set,
 a kernel-weighted vote of the support labels. The paper's full-context embeddings (a
 bidirectional LSTM over the support set, and an attention LSTM for the query) are left
 out: here ``f`` is the same :class:`~metalib.models.ConvEmbedding` for support and query
-(chapter 06 compares it with the paper's Omniglot rows and says so). The paper writes the softmax
+(chapter 07 compares it with the paper's Omniglot rows and says so). The paper writes the softmax
 over plain cosines; ``scale`` (``s``) multiplies them first, and ``scale=1`` is the paper.
-Taught in ``notebooks/06_prototypical_networks.ipynb``.
+Taught in ``notebooks/07_prototypical_networks.ipynb``.
 """
 
 from __future__ import annotations

@@ -15,7 +15,7 @@ where the last term is the same for every class and drops out of the softmax, so
 Cosine similarity is the option the paper found worse; it needs a scale because it lies
 in [-1, 1]. Training is plain cross-entropy over episodes with more classes than at test
 time (60-way, 5 queries per class, Adam 1e-3 halved every 2,000 episodes). Taught in
-``notebooks/06_prototypical_networks.ipynb``.
+``notebooks/07_prototypical_networks.ipynb``.
 
 Every function takes a leading task dimension: embeddings ``(tasks, n, dim)``.
 """

@@ -13,7 +13,7 @@ on 105×105 images, affine distortions and Lake's background/evaluation split; h
 embedding is the course's :class:`~metalib.models.ConvEmbedding` on 28×28 images and the
 pairs come from the same episodes as the other methods (every query against every
 support image, same-class pairs weighted to balance the different-class ones). Taught in
-``notebooks/06_prototypical_networks.ipynb``.
+``notebooks/07_prototypical_networks.ipynb``.
 """
 
 from __future__ import annotations

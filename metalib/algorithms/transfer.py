@@ -1,10 +1,10 @@
 """Transfer learning, the baseline every meta-learner must beat (Chen et al. 2019).
 
-No episodes in training: the four-block network of chapter 06 with a linear layer over
+No episodes in training: the four-block network of chapter 07 with a linear layer over
 *all* training classes is trained as an ordinary classifier. At test time the old layer
 is thrown away and a new ``n_way`` layer is fitted to the support set of each episode,
 either on frozen features (``fine_tune_head``) or together with the whole network
-(``fine_tune_whole``). Taught in ``notebooks/08_comparison.ipynb``.
+(``fine_tune_whole``). Taught in ``notebooks/09_comparison.ipynb``.
 """
 
 from __future__ import annotations

@@ -5,5 +5,5 @@
 - :mod:`metalib.data.splits`: the ``vinyals`` and ``lake`` class splits, with rotations;
 - :mod:`metalib.data.episodes`: N-way K-shot meta-batches by tensor indexing.
 
-Taught in ``04_omniglot_episodes``.
+Taught in ``05_omniglot_episodes``.
 """

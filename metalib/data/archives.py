@@ -11,7 +11,7 @@ An archive is accepted when its md5 is the published one, or, for copies rebuilt
 same pixels but other bytes, when its content passes :func:`inspect`: the alphabet,
 character and image counts above, and 20 drawers per character (image sizes are checked
 when the images are decoded, in :mod:`metalib.data.omniglot`). Archive member names are
-only ever parsed, never used as filesystem paths. Taught in ``04_omniglot_episodes``.
+only ever parsed, never used as filesystem paths. Taught in ``05_omniglot_episodes``.
 """
 
 from __future__ import annotations

@@ -6,7 +6,7 @@ query images of each, all distinct. :class:`EpisodeSampler` keeps the split's im
 one uint8 tensor ``(classes, drawers, 28, 28)`` on the chosen device, rotations already
 applied, and builds ``tasks`` episodes at once from random indices: no Python loop over
 tasks, classes or images, so on a GPU a meta-batch never leaves the device. Taught in
-``04_omniglot_episodes``.
+``05_omniglot_episodes``.
 """
 
 from __future__ import annotations

@@ -6,7 +6,7 @@ antialiased bilinear resize,
 and caches the result as ``omniglot_28x28.pt`` in the cache directory (``METALIB_CACHE``,
 by default the data directory). The cache records the md5 of the archives it came from
 and is rebuilt when they change. Ink is 255 and background 0 (the PNGs are the other way
-round), so a blank image is all zeros. Taught in ``04_omniglot_episodes``.
+round), so a blank image is all zeros. Taught in ``05_omniglot_episodes``.
 """
 
 from __future__ import annotations

@@ -13,7 +13,7 @@ Two schemes, both used in the literature and both documented in docs/data.md:
 
 With ``rotations=True`` (the default, as in both papers' few-shot protocol) every
 character rotated by 0, 90, 180 and 270 degrees is a class of its own, so a split has
-four times as many classes as characters. Taught in ``04_omniglot_episodes``.
+four times as many classes as characters. Taught in ``05_omniglot_episodes``.
 """
 
 from __future__ import annotations

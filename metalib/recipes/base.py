@@ -177,8 +177,8 @@ def fit(
     Args:
         step_loss: the loss of outer step ``step``, sampling its batch with ``generator``.
         params: leaf tensors, updated in place.
-        config: gives ``meta_steps``, ``outer_lr``, ``outer_lr_schedule``, ``recipe``
-            and, for the halving schedule, ``halve_every``.
+        config: gives ``meta_steps``, ``outer_lr``, ``outer_lr_schedule``, ``recipe``,
+            for the halving schedule ``halve_every``, and ``max_grad_norm`` if it clips.
         model: the network (its buffers, e.g. running statistics, are saved too).
         generator: the CPU generator every batch is drawn with.
         resume_path: a file for the training state (parameters, buffers, Adam's state,
@@ -282,6 +282,7 @@ def fit(
         outer_lr=config.outer_lr,
         outer_lr_schedule=config.outer_lr_schedule,
         halve_every=getattr(config, "halve_every", 2_000),
+        max_grad_norm=getattr(config, "max_grad_norm", 0.0),
         callback=stop,
         progress=progress,
         description=config.recipe,

@@ -6,7 +6,7 @@ tasks of chapters 01-03 and evaluates it on the same 1,000 held-out tasks as MAM
 training step draws a batch of tasks and one context size :math:`k` uniform in
 ``[k_min, k_max]``; the targets are the :math:`k` context points and ``k_query`` more, as
 in the paper (the model should also reproduce what it was told). Taught in
-``notebooks/07_model_based.ipynb``.
+``notebooks/08_model_based.ipynb``.
 """
 
 from __future__ import annotations

@@ -9,7 +9,7 @@ steps and 16 tasks; Adam with β = 0.001 for 60,000 outer steps. Episodes come f
 :class:`~metalib.data.episodes.EpisodeSampler` (indices drawn on the CPU, images gathered on
 the training device), and the meta-loss
 is :func:`~metalib.algorithms.maml.meta_loss` (``vmap`` over the meta-batch), as for
-sinusoids. Taught in ``05_maml_omniglot``.
+sinusoids. Taught in ``06_maml_omniglot``.
 """
 
 from __future__ import annotations

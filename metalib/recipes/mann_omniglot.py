@@ -1,10 +1,10 @@
 """``mann-omniglot``: a memory-augmented network that *is* the learner.
 
 It trains a :class:`~metalib.algorithms.mann.MANN` (Santoro et al. 2016) on sequences of
-Omniglot episodes drawn by chapter 04's sampler: ``n_way`` classes with ``instances``
+Omniglot episodes drawn by chapter 05's sampler: ``n_way`` classes with ``instances``
 drawings each, shown in a random order, each with the previous step's label. It is
 evaluated, as in the paper, by the accuracy on the 1st, 2nd, ... sight of a class over
-test episodes of the same split. Taught in ``notebooks/07_model_based.ipynb``.
+test episodes of the same split. Taught in ``notebooks/08_model_based.ipynb``.
 """
 
 from __future__ import annotations

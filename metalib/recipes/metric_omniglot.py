@@ -2,12 +2,12 @@
 
 One configuration, one training function, one evaluation and one checkpoint format for
 the three methods of :mod:`metalib.algorithms.protonet`, :mod:`~metalib.algorithms.matching`
-and :mod:`~metalib.algorithms.siamese`. They share the episode sampler of chapter 04 and
+and :mod:`~metalib.algorithms.siamese`. They share the episode sampler of chapter 05 and
 the training loop of the earlier chapters. The defaults are Prototypical Networks'
 Omniglot recipe (Snell et al. 2017, section 3.1): training episodes of 60 classes with
 as many support images per class as at test time and 5 queries, Adam with β = 0.001
 halved every 2,000 episodes, batch norm with running statistics at test time. Taught in
-``notebooks/06_prototypical_networks.ipynb``.
+``notebooks/07_prototypical_networks.ipynb``.
 """
 
 from __future__ import annotations
@@ -216,7 +216,7 @@ def embed_episode(
     model: nn.Module, episode: episodes.Episodes, n_way: int
 ) -> tuple[Tensor, Tensor]:
     """Query embeddings ``(tasks, n_query, d)`` and prototypes ``(tasks, n_way, d)`` of a
-    batch of episodes, the network in eval mode (chapter 06's pictures of the space); the
+    batch of episodes, the network in eval mode (chapter 07's pictures of the space); the
     network is left in the mode it was in."""
     mode = model.training
     model.eval()

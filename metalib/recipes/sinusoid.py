@@ -80,6 +80,7 @@ class SinusoidConfig(Config):
     first_order: bool = False
     clip_steps: float = 0.0
     rule_hidden: int = 20
+    max_grad_norm: float = 0.0
     hidden: tuple[int, ...] = (40, 40)
     seed: int = 0
 
@@ -106,6 +107,9 @@ class SinusoidConfig(Config):
         "rule_hidden": Flag(
             "units of the update rule's coordinate-wise LSTM", methods=("lstm-meta",)
         ),
+        "max_grad_norm": Flag(
+            "if above 0, clip the norm of the meta-gradient to this before each Adam step"
+        ),
         "hidden": Flag("widths of the hidden layers"),
         "seed": Flag("seed for weights and task sampling"),
     }
@@ -122,6 +126,8 @@ class SinusoidConfig(Config):
             raise ValueError(f"first_order=True has no meaning for method={self.method!r}.")
         if self.clip_steps != 0:
             checks.positive_number("clip_steps", self.clip_steps)
+        if self.max_grad_norm != 0:
+            checks.positive_number("max_grad_norm", self.max_grad_norm)
         if self.clip_steps and self.method != "meta-sgd":
             raise ValueError(
                 f"clip_steps={self.clip_steps} is for learned step sizes (method='meta-sgd'), "

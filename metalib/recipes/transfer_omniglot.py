@@ -3,10 +3,10 @@
 ``transfer-omniglot`` trains :class:`~metalib.algorithms.transfer.PretrainedClassifier`
 on every image of the training classes of a split (rotations included, as for the
 meta-learners), in ordinary shuffled batches with no episodes. It is evaluated on exactly
-the test episodes of chapters 05 and 06 (:func:`metalib.evaluation.accuracy_over_episodes`),
+the test episodes of chapters 06 and 07 (:func:`metalib.evaluation.accuracy_over_episodes`),
 by fitting a new head to each support set (or fine-tuning the whole network). Chen et
 al. (2019, "A Closer Look at Few-shot Classification") showed that such a baseline,
-well trained, is competitive with meta-learners; chapter 08 reports what it does here.
+well trained, is competitive with meta-learners; chapter 09 reports what it does here.
 """
 
 from __future__ import annotations
