@@ -1,6 +1,6 @@
 """Record: every sinusoid recipe trained with several seeds, against the paper's targets.
 
-Run from the repository root (about 8 minutes per seed for all six recipes on 2 CPU cores)::
+Run from the repository root (about 13 minutes per seed for all seven recipes on 2 CPU cores)::
 
     python benchmarks/sinusoid_seeds.py [--methods maml pretrain] [--seeds 0 1 2 3 4] \
         [--set outer_lr_schedule=cosine] [--out data/results/sinusoid_seeds.json] [--update]
@@ -16,7 +16,8 @@ weights (``reptile.surrogate_loss``): small, and rising as the meta-learner lear
 The targets are those of Finn et al. 2017 (Table 2, K = 5): MAML at most 0.38 after 5
 steps and 0.35 after 10; the pretrained baseline about 2.2 (2.23 and 2.19), here taken
 as within ±0.25. The other methods have no target there and are reported as they are.
-The record is written after every run (atomically), so a stopped record keeps its runs.
+The record is written after every run (atomically), so a stopped record keeps its runs. A run
+that carries its own ``device`` was made on other threads than the record's (and merged in).
 ``--update`` reruns only the named methods in an existing record (after a change to their
 recipes), keeping the other methods' runs.
 """

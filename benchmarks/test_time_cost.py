@@ -32,7 +32,7 @@ import torch
 from torch.func import functional_call
 
 from metalib import checkpoints, compare, evaluation, files, pretrained, recipes, runtime
-from metalib.algorithms import maml, transfer
+from metalib.algorithms import lstm_meta, maml, transfer
 from metalib.data import omniglot
 from metalib.evaluation import held_out_tasks
 from metalib.recipes.sinusoid import Learner
@@ -77,8 +77,24 @@ def omniglot_scorer(name: str, device: torch.device) -> Callable | None:
 
 
 def sinusoid_predictor(name: str, device: torch.device) -> Callable:
-    """``predict(task)`` for one sinusoid task: adapt for 10 steps, or read the context."""
+    """``predict(task)`` for one sinusoid task: adapt for 10 steps (of its learned rule for
+    the LSTM meta-learner), or read the context."""
     model = pretrained.load(name, device=device)
+    if isinstance(model, Learner) and model.rule is not None:
+
+        def rule_and_predict(task):
+            adapted = lstm_meta.adapt(
+                model.model,
+                model.params,
+                model.rule,
+                task.x_support[0],
+                task.y_support[0],
+                inner_steps=10,
+            )
+            with torch.no_grad():
+                return functional_call(model.model, adapted, (task.x_query[0],))
+
+        return rule_and_predict
     if isinstance(model, Learner):
 
         def adapt_and_predict(task):

@@ -188,6 +188,11 @@ def test_training_draws_its_batches_with_a_cpu_generator():
         base.fit(lambda s: torch.zeros(()), {}, object(), model=None, generator=cuda_generator)
 
 
+def _switch(config, name, flag) -> bool:
+    """Whether the flag is an on/off switch (``--first-order`` and ``--no-first-order``)."""
+    return isinstance(getattr(config, name), bool) and flag.choices is None
+
+
 @pytest.mark.parametrize("recipe", sorted(RECIPES))
 def test_train_help_lists_only_the_recipes_own_flags(recipe, capsys):
     with pytest.raises(SystemExit):
@@ -197,9 +202,10 @@ def test_train_help_lists_only_the_recipes_own_flags(recipe, capsys):
     config = family.config(recipe)
     method = getattr(config, "method", None)
     own = {
-        "--" + (flag.name or name.replace("_", "-"))
+        prefix + (flag.name or name.replace("_", "-"))
         for name, flag in config.FLAGS.items()
         if flag.methods is None or method in flag.methods
+        for prefix in (("--", "--no-") if _switch(config, name, flag) else ("--",))
     }
     common = {"--help", "--out", "--save-every", "--deadline", "--device", "--no-progress"}
     episodes = set() if family.TEST_EPISODES is None else {"--episodes"}
