@@ -36,6 +36,7 @@ OMNIGLOT_METHODS = {
     "protonet-omniglot": ("Prototypical", "metric"),
     "matching-omniglot": ("Matching", "metric"),
     "siamese-omniglot": ("Siamese", "metric"),
+    "protomaml-omniglot": ("ProtoMAML", "metric + optimization"),
     "mann-omniglot": ("MANN", "model"),
     "transfer-omniglot": ("Transfer (pretrain + new head)", "transfer"),
 }

@@ -1,5 +1,6 @@
 """The metric-based recipes on the generated tiny archive: training, evaluation, files."""
 
+import dataclasses
 import json
 
 import pytest
@@ -103,6 +104,9 @@ def test_load_refuses_other_recipes(tmp_path):
         ({"outer_lr": float("inf")}, "outer_lr=inf"),
         ({"halve_every": 0}, "halve_every=0"),
         ({"scale": -1.0}, "scale=-1.0"),
+        ({"init": "protonet_omniglot_1shot"}, "applies to protomaml only"),
+        ({"method": "protomaml", "inner_lr": 0.0}, "inner_lr=0.0"),
+        ({"method": "protomaml", "inner_steps": -1}, "inner_steps=-1"),
     ],
 )
 def test_bad_config(overrides, message):
@@ -135,4 +139,50 @@ def test_embed_episode_gives_queries_and_class_means(tiny):
     for k in range(4):
         torch.testing.assert_close(
             protos[:, k], support[batch.y_support == k].view(3, 2, 64).mean(1)
+        )
+
+
+def test_protomaml_starts_from_its_protonet_and_keeps_its_statistics(tiny, tmp_path):
+    protonet_run = metric_omniglot.train(
+        tiny_config(meta_steps=5), data=tiny, device="cpu", progress=False
+    )
+    recipes.save(protonet_run, tmp_path / "p")
+    config = tiny_config(method="protomaml", init=str(tmp_path / "p"), meta_steps=0)
+    started = metric_omniglot.train(config, data=tiny, device="cpu", progress=False)
+    for name, value in protonet_run.model.state_dict().items():
+        assert torch.equal(started.model.state_dict()[name], value), name
+    trained = metric_omniglot.train(
+        dataclasses.replace(config, meta_steps=3), data=tiny, device="cpu", progress=False
+    )
+    state, start = trained.model.state_dict(), protonet_run.model.state_dict()
+    assert not torch.equal(state["features.0.weight"], start["features.0.weight"])
+    assert torch.equal(state["features.1.running_mean"], start["features.1.running_mean"])
+    # With no inner step its answers are the ProtoNet's, episode for episode.
+    sampler = evaluation.evaluation_sampler(tiny, scheme="lake", n_way=5, k_shot=1)
+    none = dataclasses.replace(config, inner_steps=0)
+    a = metric_omniglot.per_episode_accuracy(started.model, none, sampler, n_episodes=20)
+    b = metric_omniglot.per_episode_accuracy(
+        protonet_run.model, tiny_config(), sampler, n_episodes=20
+    )
+    assert torch.equal(a, b)
+
+
+def test_protomaml_refuses_an_init_of_another_split_or_recipe(tiny, tmp_path):
+    recipes.save(
+        metric_omniglot.train(tiny_config(meta_steps=1), data=tiny, device="cpu", progress=False),
+        tmp_path / "lake",
+    )
+    config = tiny_config(method="protomaml", init=str(tmp_path / "lake"), scheme="vinyals")
+    with pytest.raises(ValueError, match="trained on the lake split, not vinyals"):
+        metric_omniglot.start_from(config.model(), config)
+    matching = metric_omniglot.train(
+        tiny_config(method="matching", meta_steps=1), data=tiny, device="cpu", progress=False
+    )
+    recipes.save(matching, tmp_path / "m")
+    config = tiny_config(method="protomaml", init=str(tmp_path / "m"))
+    with pytest.raises(ValueError, match="not 'protonet-omniglot'"):
+        metric_omniglot.start_from(config.model(), config)
+    with pytest.raises(FileNotFoundError, match="nowhere"):
+        metric_omniglot.start_from(
+            config.model(), tiny_config(method="protomaml", init=str(tmp_path / "nowhere"))
         )

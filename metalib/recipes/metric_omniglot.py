@@ -1,13 +1,14 @@
-"""``protonet-``, ``matching-`` and ``siamese-omniglot``: the metric-based family.
+"""``protonet-``, ``matching-``, ``siamese-`` and ``protomaml-omniglot``: the metric-based family.
 
-One configuration, one training function, one evaluation and one checkpoint format for
-the three methods of :mod:`metalib.algorithms.protonet`, :mod:`~metalib.algorithms.matching`
-and :mod:`~metalib.algorithms.siamese`. They share the episode sampler of chapter 05 and
-the training loop of the earlier chapters. The defaults are Prototypical Networks'
-Omniglot recipe (Snell et al. 2017, section 3.1): training episodes of 60 classes with
-as many support images per class as at test time and 5 queries, Adam with β = 0.001
-halved every 2,000 episodes, batch norm with running statistics at test time. Taught in
-``notebooks/07_prototypical_networks.ipynb``.
+One configuration, one training function, one evaluation and one checkpoint format for the
+methods of :mod:`metalib.algorithms.protonet`, :mod:`~metalib.algorithms.matching`,
+:mod:`~metalib.algorithms.siamese` and :mod:`~metalib.algorithms.protomaml` (which starts
+from a ProtoNet checkpoint and keeps its batch-norm statistics). They share the episode
+sampler of chapter 05 and the training loop of the earlier chapters. The defaults are
+Prototypical Networks' Omniglot recipe (Snell et al. 2017, section 3.1): training episodes
+of 60 classes with as many support images per class as at test time and 5 queries, Adam with
+β = 0.001 halved every 2,000 episodes, batch norm with running statistics at test time.
+Taught in ``notebooks/07_prototypical_networks.ipynb``.
 """
 
 from __future__ import annotations
@@ -19,8 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from metalib import checks, runtime, training
-from metalib.algorithms import matching, protonet, siamese
+from metalib import checkpoints, checks, runtime, training
+from metalib.algorithms import matching, protomaml, protonet, siamese
 from metalib.data import episodes, omniglot, splits
 from metalib.evaluation import (
     TEST_SEED,
@@ -34,13 +35,23 @@ from metalib.evaluation import (
     validation_sampler,
 )
 from metalib.models import ConvEmbedding
-from metalib.recipes.base import PATIENCE_FLAG, Config, Flag, Run, Validation, fit, restore_module
+from metalib.recipes.base import (
+    PATIENCE_FLAG,
+    Config,
+    Flag,
+    Run,
+    Validation,
+    fit,
+    load_weights,
+    restore_module,
+)
 
-METHODS = ("protonet", "matching", "siamese")
+METHODS = ("protonet", "matching", "siamese", "protomaml")
 RECIPES = {
     "protonet-omniglot": "Prototypical Networks (Snell et al. 2017) on Omniglot",
     "matching-omniglot": "Matching Networks (Vinyals et al. 2016), no full-context embeddings",
     "siamese-omniglot": "Siamese networks (Koch et al. 2015) for one-shot classification",
+    "protomaml-omniglot": "first-order ProtoMAML (Triantafillou et al. 2020) from a ProtoNet",
 }
 
 
@@ -69,6 +80,10 @@ class MetricConfig(Config):
     validate_every: int = 500  # steps between validation scores (vinyals only); 0: never
     validation_episodes: int = 200
     patience: int = 0  # checks without a better score before training stops; 0: never
+    init: str = ""  # protomaml: the protonet checkpoint the embedding starts from ("": fresh)
+    inner_lr: float = 0.01  # protomaml: α, in training and at test
+    inner_steps: int = 5  # protomaml: steps on the support set, in training and at test
+    first_order: bool = True  # protomaml: fo-Proto-MAML, the paper's
 
     FLAGS: ClassVar[dict[str, Flag]] = {
         "n_way": Flag("classes per test episode"),
@@ -92,6 +107,16 @@ class MetricConfig(Config):
         ),
         "validation_episodes": Flag("test-shaped episodes of the validation classes per check"),
         "patience": PATIENCE_FLAG,
+        "init": Flag(
+            "ProtoNet checkpoint (name or path) whose embedding and batch-norm statistics "
+            "ProtoMAML starts from ('' for a fresh network)",
+            methods=("protomaml",),
+        ),
+        "inner_lr": Flag("inner step size α", methods=("protomaml",)),
+        "inner_steps": Flag(
+            "inner steps on the support set, in training and at test", methods=("protomaml",)
+        ),
+        "first_order": Flag("drop the inner loop's second-order terms", methods=("protomaml",)),
     }
 
     def __post_init__(self) -> None:
@@ -99,6 +124,10 @@ class MetricConfig(Config):
         minimums = {"n_way": 2, "k_shot": 1, "train_way": 2, "k_query": 1, "meta_batch_size": 1}
         self.check_counts({"meta_steps": 0, "seed": 0, "halve_every": 1, **minimums})
         self.check_counts({"validate_every": 0, "validation_episodes": 2, "patience": 0})
+        self.check_counts({"inner_steps": 0})
+        checks.positive_number("inner_lr", self.inner_lr)
+        if self.init and self.method != "protomaml":
+            raise ValueError(f"init={self.init!r} applies to protomaml only, not {self.method}.")
         training.check_outer_lr(self.outer_lr, self.outer_lr_schedule)
         checks.one_of("distance", self.distance, protonet.DISTANCES)
         checks.positive_number("scale", self.scale)
@@ -135,6 +164,18 @@ def episode_logits(
     if config.method == "matching":
         return matching.episode_logits(
             model, x_support, y_support, x_query, n_way=n_way, scale=config.scale
+        )
+    if config.method == "protomaml":
+        return protomaml.episode_logits(
+            protomaml.HeadedEmbedding(model),
+            protomaml.theta_of(model),
+            x_support,
+            y_support,
+            x_query,
+            n_way=n_way,
+            inner_lr=config.inner_lr,
+            inner_steps=config.inner_steps,
+            first_order=config.first_order,
         )
     return siamese.episode_logits(model, x_support, y_support, x_query, n_way=n_way)
 
@@ -179,7 +220,10 @@ def train(
     )
     torch.manual_seed(config.seed)
     model = (build(config) if model is None else model).to(dev)
-    model.train()
+    if config.init:
+        start_from(model, config)
+    # ProtoMAML keeps the batch-norm statistics it starts from: each task adapts alone.
+    model.train(config.method != "protomaml")
     generator = torch.Generator().manual_seed(config.seed)
 
     def step_loss(step: int) -> Tensor:
@@ -209,6 +253,23 @@ def train(
         step_loss, params, config, model=model, generator=generator, validation=validation, **loop
     )
     return Run(config, model.eval(), params, history, dev)
+
+
+def start_from(model: nn.Module, config: MetricConfig) -> None:
+    """Load the embedding of the ProtoNet checkpoint ``config.init`` into ``model``.
+
+    Raises:
+        FileNotFoundError: if there is no such checkpoint.
+        ValueError: if it is not a ``protonet-omniglot`` checkpoint of ``config.scheme``.
+    """
+    blob = checkpoints.load(checkpoints.path_of(config.init), recipe="protonet-omniglot")
+    scheme = blob["config"].get("scheme")
+    if scheme != config.scheme:
+        raise ValueError(
+            f"init={config.init!r} was trained on the {scheme} split, not {config.scheme}: "
+            "start from a ProtoNet of the same split, so no test class was seen in training."
+        )
+    load_weights(model, blob["state_dict"], "ProtoNet embedding")
 
 
 @torch.no_grad()
