@@ -94,6 +94,11 @@ JOBS = (
     ),
     Job("maml_omniglot_5w1s", "maml-omniglot", ("--n-way", "5", "--k-shot", "1"), _MAML_SMOKE),
     Job("fomaml_omniglot_5w1s", "fomaml-omniglot", ("--n-way", "5", "--k-shot", "1")),
+    Job(  # the learned update rule of chapter 04 (no paper budget on Omniglot: MAML's third)
+        "lstm_meta_omniglot_5w1s",
+        "lstm-meta-omniglot",
+        ("--n-way", "5", "--k-shot", "1", "--meta-steps", "20000"),
+    ),
     Job("maml_omniglot_5w5s", "maml-omniglot", ("--n-way", "5", "--k-shot", "5")),
     Job("maml_omniglot_20w1s", "maml-omniglot", ("--n-way", "20", "--k-shot", "1")),
     Job("maml_omniglot_20w5s", "maml-omniglot", ("--n-way", "20", "--k-shot", "5")),

@@ -23,7 +23,7 @@ from torch import Tensor, nn
 from torch.func import functional_call
 
 from metalib import checkpoints, recipes
-from metalib.algorithms import cnp, maml, mann, transfer
+from metalib.algorithms import cnp, lstm_meta, maml, mann, transfer
 from metalib.recipes import (
     cnp_sinusoid,
     mann_omniglot,
@@ -91,8 +91,8 @@ class FewShotClassifier:
             x_query: ``(n_query, 1, 28, 28)``.
 
         Metric recipes score by their own rule (ProtoNets: minus the squared distance to
-        each prototype); MAML adapts on the support set for its test steps first and
-        returns the adapted network's logits.
+        each prototype); MAML adapts on the support set for its test steps first (the LSTM
+        meta-learner with its learned rule) and returns the adapted network's logits.
         """
         for name, x in (("x_support", x_support), ("x_query", x_query)):
             if x.dim() != 4 or x.shape[1:] != (1, 28, 28):
@@ -111,15 +111,27 @@ class FewShotClassifier:
         n_way = self.config.n_way
         if y_support.min() < 0 or y_support.max() >= n_way:
             raise ValueError(f"this MAML model is {n_way}-way: labels must lie in 0..{n_way - 1}.")
-        adapted = maml.adapt(
-            self.model,
-            self._params,
-            x_support,
-            y_support,
-            loss_fn=F.cross_entropy,
-            inner_lr=self.config.inner_lr,
-            inner_steps=self.config.test_inner_steps,
-        )
+        weights, rule = lstm_meta.from_state(self._params)
+        if rule:  # the LSTM meta-learner: its learned rule's steps
+            adapted = lstm_meta.adapt(
+                self.model,
+                weights,
+                rule,
+                x_support,
+                y_support,
+                loss_fn=F.cross_entropy,
+                inner_steps=self.config.test_inner_steps,
+            )
+        else:
+            adapted = maml.adapt(
+                self.model,
+                weights,
+                x_support,
+                y_support,
+                loss_fn=F.cross_entropy,
+                inner_lr=self.config.inner_lr,
+                inner_steps=self.config.test_inner_steps,
+            )
         with torch.no_grad():
             return functional_call(self.model, adapted, (x_query,))
 

@@ -315,12 +315,21 @@ def losses_by_step(
                 )
         return torch.stack(out)  # (max_steps + 1,)
 
+    return by_task(one, tasks, chunk=chunk).T
+
+
+def by_task(
+    one: Callable[[Tensor, Tensor, Tensor, Tensor], Tensor], tasks: TaskBatch, *, chunk: int = 500
+) -> Tensor:
+    """``one(x_support, y_support, x_query, y_query)`` for every task of ``tasks``, under
+    ``vmap``, ``chunk`` tasks at a time (bounded memory) and without gradients:
+    ``(tasks, ...)``."""
     pieces = []
     for lo in range(0, len(tasks), chunk):
         part = type(tasks)(*(t[lo : lo + chunk] for t in tasks))
         with torch.no_grad():
-            pieces.append(vmap(one)(*part.support, *part.query))  # (chunk, max_steps + 1)
-    return torch.cat(pieces).T.detach()
+            pieces.append(vmap(one)(*part.support, *part.query))  # (chunk, ...)
+    return torch.cat(pieces).detach()
 
 
 def accuracy(logits: Tensor, labels: Tensor) -> Tensor:

@@ -3,7 +3,8 @@
 import pytest
 import torch
 
-from metalib import recipes
+from metalib import pretrained, recipes
+from metalib.algorithms import lstm_meta
 from metalib.data import omniglot
 from metalib.recipes import maml_omniglot
 from metalib.recipes.maml_omniglot import OmniglotConfig
@@ -51,6 +52,9 @@ def test_paper_settings():
         ({"scheme": "omniglot"}, "scheme='omniglot'"),
         ({"inner_lr": float("nan")}, "inner_lr=nan"),
         ({"downsample": "avg"}, "downsample='avg'"),
+        ({"method": "lstm-meta", "first_order": True, "inner_lr": 1.5}, "in \\(0, 1\\)"),
+        ({"method": "lstm-meta", "inner_steps": 5, "test_inner_steps": 3}, "must equal"),
+        ({"rule_hidden": 8}, "rule_hidden=8 sizes a learned update rule"),
     ],
 )
 def test_bad_config(overrides, message):
@@ -195,3 +199,55 @@ def test_running_statistics_option_trains_saves_and_resumes(tiny, tmp_path):
     sampler = maml_omniglot.sampler_for(tiny, config, split="test")
     curve = maml_omniglot.accuracy_by_step(model, params, sampler, n_episodes=4, max_steps=1)
     assert len(curve.mean) == 2 and model.training, "evaluation restores the mode"
+
+
+def test_the_lstm_meta_recipe_defaults_to_its_papers_first_order_rule():
+    config = maml_omniglot.config("lstm-meta-omniglot")
+    assert (config.first_order, config.inner_steps, config.test_inner_steps) == (True, 5, 5)
+    assert config.rule_hidden == 20 and config.inner_lr == 0.4  # the rule's first gate: MAML's α
+    assert maml_omniglot.config("lstm-meta-omniglot", inner_steps=3).test_inner_steps == 3
+
+
+def test_the_lstm_meta_learner_trains_its_rule_saves_and_scores_with_it(tiny, tmp_path):
+    config = tiny_config(
+        method="lstm-meta",
+        first_order=True,
+        inner_steps=2,
+        test_inner_steps=2,
+        rule_hidden=4,
+        meta_steps=20,
+        meta_batch_size=8,
+        outer_lr=3e-3,
+    )
+    trained = maml_omniglot.train(config, data=tiny, device="cpu", progress=False)
+    weights, rule = lstm_meta.from_state(trained.params)
+    start = lstm_meta.init_rule(4, inner_lr=0.4, generator=torch.Generator().manual_seed(0))
+    assert lstm_meta.hidden_size(rule) == 4
+    assert not torch.equal(rule["lstm.weight_x"], start["lstm.weight_x"])  # the rule trained
+    sampler = maml_omniglot.sampler_for(tiny, config, split="train", k_query=5)
+    curve = maml_omniglot.accuracy_by_step(
+        trained.model, weights, sampler, n_episodes=40, max_steps=2, rule=rule
+    )
+    assert len(curve.mean) == 3 and curve.mean[2] > curve.mean[0] + 0.05, curve.mean
+
+    pt_path, _ = recipes.save(trained, tmp_path / "lstm", metrics={}, command="test")
+    loaded = recipes.load(pt_path, family=maml_omniglot)
+    assert all(torch.equal(loaded.params[k], v) for k, v in trained.params.items())
+    with pytest.raises(ValueError, match="leave inner_lr out"):
+        maml_omniglot.evaluate(loaded, data=tiny, episodes=4, inner_lr=0.1)
+    # The classifier of a shipped checkpoint adapts with the rule, as the evaluation does.
+    classifier = pretrained.load(pt_path)
+    batch = sampler.sample(1, generator=torch.Generator().manual_seed(1))
+    adapted = lstm_meta.adapt(
+        loaded.model,
+        weights,
+        rule,
+        batch.x_support[0],
+        batch.y_support[0],
+        loss_fn=torch.nn.functional.cross_entropy,
+        inner_steps=2,
+    )
+    with torch.no_grad():
+        expected = torch.func.functional_call(loaded.model, adapted, (batch.x_query[0],))
+    scores = classifier.scores(batch.x_support[0], batch.y_support[0], batch.x_query[0])
+    torch.testing.assert_close(scores, expected)

@@ -97,7 +97,7 @@ def assert_same_tensors(a: dict, b: dict) -> None:
 
 
 def test_every_recipe_is_registered_once():
-    assert len(RECIPES) == 16
+    assert len(RECIPES) == 17
     for name, family in RECIPES.items():
         config = family.config(name)
         assert config.recipe == name and recipes.description(name)

@@ -52,7 +52,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import functional_call, grad_and_value, vmap
 
-from metalib import checks
+from metalib import checks, training
 from metalib.tasks import TaskBatch
 
 LossFn = Callable[[Tensor, Tensor], Tensor]
@@ -377,12 +377,17 @@ def losses_by_step(
     loss_fn: LossFn = F.mse_loss,
     max_steps: int = 10,
     chunk: int = 500,
+    metric_fn: LossFn | None = None,
 ) -> Tensor:
     """Query loss of every task after 0, 1, ..., ``max_steps`` steps of the rule, as
     :func:`metalib.training.losses_by_step` gives for gradient descent.
 
     The rule keeps a memory across steps, so step ``s`` is the ``s``-th state of one run of
     ``max_steps`` steps (not ``s`` fresh steps).
+
+    Args:
+        metric_fn: what to score the query set with (default: ``loss_fn``), e.g.
+            :func:`metalib.training.accuracy`; the rule always steps on ``loss_fn``.
 
     Returns:
         ``(max_steps + 1, tasks)``.
@@ -391,19 +396,15 @@ def losses_by_step(
     checks.count("max_steps", max_steps, 0)
     frozen = {k: v.detach() for k, v in params.items()}
     fixed = {k: v.detach() for k, v in rule.items()}
+    score = loss_fn if metric_fn is None else metric_fn
 
     def one(xs: Tensor, ys: Tensor, xq: Tensor, yq: Tensor) -> Tensor:
         path = adapt(
             model, frozen, fixed, xs, ys, loss_fn=loss_fn, inner_steps=max_steps, trajectory=True
         )
-        return torch.stack([loss_fn(functional_call(model, p, (xq,)), yq) for p in path])
+        return torch.stack([score(functional_call(model, p, (xq,)), yq) for p in path])
 
-    pieces = []
-    for lo in range(0, len(tasks), chunk):
-        part = type(tasks)(*(t[lo : lo + chunk] for t in tasks))
-        with torch.no_grad():
-            pieces.append(vmap(one)(*part.support, *part.query))  # (chunk, max_steps + 1)
-    return torch.cat(pieces).T.detach()
+    return training.by_task(one, tasks, chunk=chunk).T
 
 
 class Gates(NamedTuple):

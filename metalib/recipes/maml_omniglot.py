@@ -1,4 +1,4 @@
-"""``maml-omniglot`` and ``fomaml-omniglot``: few-shot classification with MAML.
+"""``maml-``, ``fomaml-`` and ``lstm-meta-omniglot``: few-shot classification by gradient steps.
 
 The recipe is MAML's (Finn et al. 2017, section 5.2, arXiv:1703.03400): the 4-block
 :class:`~metalib.models.ConvNet` with transductive batch norm, cross-entropy in the inner
@@ -10,6 +10,13 @@ steps and 16 tasks; Adam with β = 0.001 for 60,000 outer steps. Episodes come f
 the training device), and the meta-loss
 is :func:`~metalib.algorithms.maml.meta_loss` (``vmap`` over the meta-batch), as for
 sinusoids. Taught in ``06_maml_omniglot``.
+
+``lstm-meta-omniglot`` replaces MAML's inner step by the learned update rule of
+:mod:`metalib.algorithms.lstm_meta` (Ravi & Larochelle 2017; chapter 04), first order as in
+its paper, with the rule's tensors beside the network's in the checkpoint. It takes as many
+steps in training as at test (5 by default), because its rule learns what to do at each
+step; the rule's first steps start as SGD with step ``inner_lr``. It is a recipe for a GPU:
+every step of every task runs the rule's LSTM over all of the network's 113,000 weights.
 """
 
 from __future__ import annotations
@@ -23,7 +30,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from metalib import checks, runtime, training
-from metalib.algorithms import maml
+from metalib.algorithms import lstm_meta, maml
 from metalib.data import episodes, omniglot, splits
 from metalib.evaluation import (
     TEST_K_QUERY,
@@ -37,11 +44,13 @@ from metalib.models import ConvNet, clone_parameters, parameters_of
 from metalib.recipes.base import PATIENCE_FLAG, Config, Flag, Run, Validation, fit, load_weights
 from metalib.training import Curve, accuracy, check_outer_lr
 
-METHODS = ("maml", "fomaml")
+METHODS = ("maml", "fomaml", "lstm-meta")
 RECIPES = {
     "maml-omniglot": "MAML on Omniglot (Finn et al. 2017, section 5.2), the paper's settings",
     "fomaml-omniglot": "first-order MAML on Omniglot",
+    "lstm-meta-omniglot": "the LSTM meta-learner (Ravi & Larochelle 2017) on Omniglot, for a GPU",
 }
+LSTM_META_STEPS = 5  # the learned rule's steps, in training and at test
 
 
 @dataclass(frozen=True)
@@ -67,6 +76,7 @@ class OmniglotConfig(Config):
     validate_every: int = 2_000  # steps between validation scores (vinyals only); 0: never
     validation_episodes: int = 200
     patience: int = 0  # checks without a better score before training stops; 0: never
+    rule_hidden: int = 20  # lstm-meta: units of the rule's coordinate-wise LSTM (the paper's)
 
     FLAGS: ClassVar[dict[str, Flag]] = {
         "n_way": Flag("classes per episode"),
@@ -79,7 +89,7 @@ class OmniglotConfig(Config):
         "test_inner_steps": Flag("inner steps at test time (paper: 3 at 5-way, 5 at 20-way)"),
         "outer_lr": Flag("Adam step size β"),
         "outer_lr_schedule": Flag("β over training", choices=training.SCHEDULES),
-        "first_order": Flag("drop second-order terms", methods=("maml",)),
+        "first_order": Flag("drop second-order terms", methods=("maml", "lstm-meta")),
         "scheme": Flag("class split", name="split", choices=splits.SCHEMES),
         "downsample": Flag("how the blocks downsample", choices=("stride", "pool")),
         "transductive_bn": Flag(
@@ -94,6 +104,9 @@ class OmniglotConfig(Config):
         ),
         "validation_episodes": Flag("test-shaped episodes of the validation classes per check"),
         "patience": PATIENCE_FLAG,
+        "rule_hidden": Flag(
+            "units of the update rule's coordinate-wise LSTM", methods=("lstm-meta",)
+        ),
     }
 
     def __post_init__(self) -> None:
@@ -102,11 +115,28 @@ class OmniglotConfig(Config):
         self.check_counts({"meta_steps": 0, "inner_steps": 0, "test_inner_steps": 0, "seed": 0})
         self.check_counts(minimums)
         self.check_counts({"validate_every": 0, "validation_episodes": 2, "patience": 0})
+        self.check_counts({"rule_hidden": 1})
         maml.check_hyperparameters(inner_lr=self.inner_lr, inner_steps=self.inner_steps)
         check_outer_lr(self.outer_lr, self.outer_lr_schedule)
         checks.one_of("scheme", self.scheme, splits.SCHEMES)
         if self.method == "fomaml" and not self.first_order:
             raise ValueError("method='fomaml' is first-order by definition: set first_order=True.")
+        if self.method == "lstm-meta":
+            if not 0 < self.inner_lr < 1:
+                raise ValueError(
+                    f"inner_lr={self.inner_lr} is the rule's first input gate, a sigmoid: "
+                    "choose it in (0, 1), e.g. 0.4."
+                )
+            if self.test_inner_steps != self.inner_steps:
+                raise ValueError(
+                    f"test_inner_steps={self.test_inner_steps} must equal inner_steps="
+                    f"{self.inner_steps}: the learned rule is tested for the steps it learned."
+                )
+        elif self.rule_hidden != 20:
+            raise ValueError(
+                f"rule_hidden={self.rule_hidden} sizes a learned update rule "
+                f"(method='lstm-meta'), not method={self.method!r}: leave it at 20."
+            )
         if not isinstance(self.transductive_bn, bool):
             raise ValueError(f"transductive_bn={self.transductive_bn!r} must be True or False.")
         self.model()  # validates downsample
@@ -134,8 +164,11 @@ class OmniglotConfig(Config):
 def config(recipe: str, **overrides: Any) -> OmniglotConfig:
     """The paper's config of ``recipe`` for ``n_way`` and ``k_shot`` (default 5-way 1-shot)."""
     method = recipe.removesuffix("-omniglot")
-    if method == "fomaml":
-        overrides["first_order"] = True
+    if method in ("fomaml", "lstm-meta"):
+        overrides.setdefault("first_order", True)
+    if method == "lstm-meta":
+        overrides.setdefault("inner_steps", LSTM_META_STEPS)
+        overrides.setdefault("test_inner_steps", overrides["inner_steps"])
     n_way, k_shot = overrides.pop("n_way", 5), overrides.pop("k_shot", 1)
     return OmniglotConfig.paper(n_way, k_shot, method=method, **overrides)
 
@@ -200,11 +233,28 @@ def train(
             f"params must have the model's parameter names: {sorted(parameters_of(model))}."
         )
     generator = torch.Generator().manual_seed(config.seed)
+    rule, trainable = None, params
+    if config.method == "lstm-meta":
+        drawn = lstm_meta.init_rule(
+            config.rule_hidden, inner_lr=config.inner_lr, generator=generator
+        )  # drawn before the batches, from the same seed
+        rule = {k: v.to(dev).requires_grad_() for k, v in drawn.items()}
+        trainable = {**params, **lstm_meta.to_state_refs(rule)}
 
     def step_loss(step: int) -> Tensor:
         batch = sampler.sample(config.meta_batch_size, generator=generator)
         if not config.transductive_bn:  # running statistics of θ over the meta-batch's queries
             model.update_running_stats(params, batch.x_query.flatten(0, 1))
+        if rule is not None:
+            return lstm_meta.meta_loss(
+                model,
+                params,
+                rule,
+                batch,
+                loss_fn=F.cross_entropy,
+                inner_steps=config.inner_steps,
+                first_order=config.first_order,
+            )
         return maml.meta_loss(
             model,
             params,
@@ -231,17 +281,26 @@ def train(
                 inner_lr=config.inner_lr,
                 max_steps=config.test_inner_steps,
                 seed=VALIDATION_SEED,
+                rule=rule,
             )
             return curve.mean[config.test_inner_steps]
 
         validation = Validation(config.validate_every, val_accuracy, patience=config.patience)
     history = fit(
-        step_loss, params, config, model=model, generator=generator, validation=validation, **loop
+        step_loss,
+        trainable,
+        config,
+        model=model,
+        generator=generator,
+        validation=validation,
+        **loop,
     )
+    if rule is not None:
+        lstm_meta.hidden_size(rule)  # raises if training left non-finite tensors
     with torch.no_grad():  # the model itself holds the trained meta-parameters too
         for name, value in parameters_of(model).items():
             value.copy_(params[name])
-    return Run(config, model.eval(), params, history, dev)
+    return Run(config, model.eval(), trainable, history, dev)
 
 
 def accuracy_by_step(
@@ -253,12 +312,15 @@ def accuracy_by_step(
     inner_lr: float = 0.4,
     max_steps: int = 3,
     seed: int = TEST_SEED,
+    rule: dict[str, Tensor] | None = None,
 ) -> Curve:
     """Query accuracy (mean, 95% interval) after 0..``max_steps`` inner steps.
 
     Args:
         sampler: test episodes (``split="test"``); its ``n_way`` must be the model's.
         n_episodes: episodes to average over (600 in the MAML paper's tables).
+        rule: a learned update rule (LSTM meta-learner): its steps instead of gradient
+            descent with ``inner_lr``.
     """
     if sampler.n_way != model.n_way:
         raise ValueError(
@@ -271,6 +333,18 @@ def accuracy_by_step(
     mode = model.training
     model.eval()  # running statistics, if the model keeps them; transductive BN ignores it
     try:
+        if rule is not None:
+            per_task = lstm_meta.losses_by_step(
+                model,
+                params,
+                rule,
+                test,
+                loss_fn=F.cross_entropy,
+                max_steps=max_steps,
+                chunk=chunk,
+                metric_fn=accuracy,
+            )
+            return training.curve(per_task)
         return training.evaluate(
             model,
             params,
@@ -302,13 +376,25 @@ def evaluate(
     config = run.config
     n_way = config.n_way if n_way is None else n_way
     k_shot = config.k_shot if k_shot is None else k_shot
+    weights, rule = lstm_meta.from_state(run.params)
+    if rule and inner_lr is not None:
+        raise ValueError(
+            f"inner_lr={inner_lr}: the LSTM meta-learner's steps are its learned rule's, "
+            "which has no step size to change; leave inner_lr out."
+        )
     data = omniglot.load() if data is None else data
     test_config = dataclasses.replace(config, n_way=n_way, k_shot=k_shot)
     sampler = sampler_for(data, test_config, split="test", k_query=TEST_K_QUERY, device=run.device)
     inner_lr = config.inner_lr if inner_lr is None else inner_lr
     last = config.test_inner_steps
     curve = accuracy_by_step(
-        run.model, run.params, sampler, n_episodes=episodes, inner_lr=inner_lr, max_steps=last
+        run.model,
+        weights,
+        sampler,
+        n_episodes=episodes,
+        inner_lr=inner_lr,
+        max_steps=last,
+        rule=rule or None,
     )
     return {
         "n_way": n_way,
@@ -338,8 +424,19 @@ def state_dict(run: Run) -> dict[str, Tensor]:
 def restore(
     config: OmniglotConfig, state: dict[str, Tensor], device: torch.device
 ) -> tuple[ConvNet, dict[str, Tensor]]:
-    """The network and meta-parameters of a checkpoint's ``state`` (raises ``ValueError``)."""
+    """The network and meta-parameters (with a learned rule, under ``update_rule.``) of a
+    checkpoint's ``state`` (raises ``ValueError``)."""
+    weights, rule = lstm_meta.from_state(state)
+    if (config.method == "lstm-meta") != bool(rule):
+        has = "has" if rule else "has no"
+        raise ValueError(f"it {has} an update rule, and recipe {config.recipe} is not so trained")
+    if rule and lstm_meta.hidden_size(rule) != config.rule_hidden:
+        raise ValueError(
+            f"its update rule has {lstm_meta.hidden_size(rule)} hidden units, its config says "
+            f"rule_hidden={config.rule_hidden}"
+        )
     model = build(config)
-    load_weights(model, state, "ConvNet")
+    load_weights(model, weights, "ConvNet")
     model.to(device)
-    return model, {k: v.detach().clone() for k, v in parameters_of(model).items()}
+    params = {k: v.detach().clone() for k, v in parameters_of(model).items()}
+    return model, {**params, **lstm_meta.to_state_refs({k: v.to(device) for k, v in rule.items()})}
