@@ -7,7 +7,8 @@ Run from the repository root (about 13 minutes per seed for all seven recipes on
 
 Each run is the shipped recipe (``sinusoid.config``) with its seed and the ``--set``
 overrides, trained on the CPU, then tested as its checkpoint's sidecar is: K = 5, MSE over
-the 1,000 held-out tasks after 1, 5 and 10 steps. Beside the test error it records how
+the 1,000 held-out tasks after 1, 5 and 10 steps, and after 20 (records made since 30 November
+2026), to see what runs longer than it trained does. Beside the test error it records how
 training went (the loss of the first and last 100 steps, and the largest jump of the loss
 between consecutive 100-step means), which is what tells a diverging run from a slow one.
 For Reptile that "loss" is its surrogate, half the squared distance its inner loop moves the
@@ -70,12 +71,14 @@ def one_run(method: str, seed: int, overrides: dict[str, object]) -> dict[str, o
     run = sinusoid.train(config, device="cpu", progress=False)
     seconds = time.perf_counter() - start
     mse = sinusoid.metrics(run)["test_mse_k5_1000_tasks"]
+    longer = sinusoid.mse_by_step(run, k_shot=5, n_tasks=1000, max_steps=20).to_dict((20,))
+    mse = {**mse, **longer}
     row = {
         "method": method,
         "seed": seed,
-        "mse": {str(s): mse[str(s)]["mean"] for s in (1, 5, 10)},
-        "interval": {str(s): mse[str(s)]["ci95"] for s in (1, 5, 10)},
-        "diverged_tasks": {str(s): mse[str(s)]["diverged_tasks"] for s in (1, 5, 10)},
+        "mse": {str(s): mse[str(s)]["mean"] for s in (1, 5, 10, 20)},
+        "interval": {str(s): mse[str(s)]["ci95"] for s in (1, 5, 10, 20)},
+        "diverged_tasks": {str(s): mse[str(s)]["diverged_tasks"] for s in (1, 5, 10, 20)},
         "seconds": round(seconds, 1),
         **training_summary([float(v) for v in run.history.losses]),
     }
@@ -143,7 +146,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     overrides = dict(args.set)
     record = {
-        "what": "K = 5 test MSE over 1,000 held-out tasks after 1, 5 and 10 steps",
+        "what": "K = 5 test MSE over 1,000 held-out tasks after 1, 5, 10 and 20 steps",
         "overrides": overrides,
         "device": runtime.describe_device(torch.device("cpu")),
         "torch": torch.__version__,

@@ -166,6 +166,22 @@ def test_the_measured_alternatives_say_what_they_changed(name, method, overrides
     assert any(getattr(shipped, k) != v for k, v in overrides.items()), "not an alternative"
 
 
+@pytest.mark.parametrize(
+    ("name", "overrides"),
+    [
+        ("lstm_meta_second_order", {"first_order": False}),
+        ("lstm_meta_10_steps", {"inner_steps": 10}),
+    ],
+)
+def test_the_learned_rules_variants_are_recorded_at_the_shipped_budget(name, overrides):
+    """Chapter 04's exercise solutions read these: seed 0 of the shipped recipe, one change."""
+    record = compare.sinusoid_seeds(name)
+    assert record["overrides"] == overrides and record["device"] == "cpu (1 thread)"
+    (run,) = record["runs"]
+    assert (run["method"], run["seed"]) == ("lstm-meta", 0)
+    assert set(run["mse"]) == {"1", "5", "10", "20"}
+
+
 def test_an_unknown_seed_record_is_named():
     with pytest.raises(ValueError, match="name='nope'"):
         compare.sinusoid_seeds("nope")
