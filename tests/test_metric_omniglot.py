@@ -104,7 +104,7 @@ def test_load_refuses_other_recipes(tmp_path):
         ({"outer_lr": float("inf")}, "outer_lr=inf"),
         ({"halve_every": 0}, "halve_every=0"),
         ({"scale": -1.0}, "scale=-1.0"),
-        ({"init": "protonet_omniglot_1shot"}, "applies to protomaml only"),
+        ({"method": "matching", "init": "protonet_omniglot_1shot"}, "protonet and protomaml only"),
         ({"method": "protomaml", "inner_lr": 0.0}, "inner_lr=0.0"),
         ({"method": "protomaml", "inner_steps": -1}, "inner_steps=-1"),
     ],
@@ -165,6 +165,24 @@ def test_protomaml_starts_from_its_protonet_and_keeps_its_statistics(tiny, tmp_p
         protonet_run.model, tiny_config(), sampler, n_episodes=20
     )
     assert torch.equal(a, b)
+
+
+def test_a_protonet_can_start_from_another_protonet_of_other_shots(tiny, tmp_path):
+    one_shot = metric_omniglot.train(
+        tiny_config(meta_steps=5), data=tiny, device="cpu", progress=False
+    )
+    recipes.save(one_shot, tmp_path / "one")
+    config = tiny_config(k_shot=2, init=str(tmp_path / "one"), meta_steps=0)
+    started = metric_omniglot.train(config, data=tiny, device="cpu", progress=False)
+    for name, value in one_shot.model.state_dict().items():
+        assert torch.equal(started.model.state_dict()[name], value), name
+    trained = metric_omniglot.train(
+        dataclasses.replace(config, meta_steps=2), data=tiny, device="cpu", progress=False
+    )
+    weight = "features.0.weight"
+    assert not torch.equal(trained.model.state_dict()[weight], one_shot.model.state_dict()[weight])
+    _, sidecar = recipes.save(trained, tmp_path / "two")
+    assert json.loads(sidecar.read_text())["config"]["init"] == str(tmp_path / "one")
 
 
 def test_protomaml_refuses_an_init_of_another_split_or_recipe(tiny, tmp_path):

@@ -80,7 +80,7 @@ class MetricConfig(Config):
     validate_every: int = 500  # steps between validation scores (vinyals only); 0: never
     validation_episodes: int = 200
     patience: int = 0  # checks without a better score before training stops; 0: never
-    init: str = ""  # protomaml: the protonet checkpoint the embedding starts from ("": fresh)
+    init: str = ""  # protonet, protomaml: the protonet checkpoint to start from ("": fresh)
     inner_lr: float = 0.01  # protomaml: α, in training and at test
     inner_steps: int = 5  # protomaml: steps on the support set, in training and at test
     first_order: bool = True  # protomaml: fo-Proto-MAML, the paper's
@@ -109,8 +109,9 @@ class MetricConfig(Config):
         "patience": PATIENCE_FLAG,
         "init": Flag(
             "ProtoNet checkpoint (name or path) whose embedding and batch-norm statistics "
-            "ProtoMAML starts from ('' for a fresh network)",
-            methods=("protomaml",),
+            "training starts from (e.g. a 1-shot network, to train on 5-shot episodes; '' for a "
+            "fresh network)",
+            methods=("protonet", "protomaml"),
         ),
         "inner_lr": Flag("inner step size α", methods=("protomaml",)),
         "inner_steps": Flag(
@@ -126,8 +127,10 @@ class MetricConfig(Config):
         self.check_counts({"validate_every": 0, "validation_episodes": 2, "patience": 0})
         self.check_counts({"inner_steps": 0})
         checks.positive_number("inner_lr", self.inner_lr)
-        if self.init and self.method != "protomaml":
-            raise ValueError(f"init={self.init!r} applies to protomaml only, not {self.method}.")
+        if self.init and self.method not in ("protonet", "protomaml"):
+            raise ValueError(
+                f"init={self.init!r} applies to protonet and protomaml only, not {self.method}."
+            )
         training.check_outer_lr(self.outer_lr, self.outer_lr_schedule)
         checks.one_of("distance", self.distance, protonet.DISTANCES)
         checks.positive_number("scale", self.scale)
