@@ -235,6 +235,8 @@ def test_the_lstm_meta_learner_trains_its_rule_saves_and_scores_with_it(tiny, tm
     assert all(torch.equal(loaded.params[k], v) for k, v in trained.params.items())
     with pytest.raises(ValueError, match="leave inner_lr out"):
         maml_omniglot.evaluate(loaded, data=tiny, episodes=4, inner_lr=0.1)
+    result = maml_omniglot.evaluate(loaded, data=tiny, episodes=4)
+    assert result["inner_lr"] is None and result["inner_steps"] == 2, result
     # The classifier of a shipped checkpoint adapts with the rule, as the evaluation does.
     classifier = pretrained.load(pt_path)
     batch = sampler.sample(1, generator=torch.Generator().manual_seed(1))

@@ -401,7 +401,7 @@ def evaluate(
         "k_shot": k_shot,
         "split": config.scheme,
         "episodes": episodes,
-        "inner_lr": inner_lr,
+        "inner_lr": None if rule else inner_lr,  # the learned rule has no step size
         "inner_steps": last,
         "accuracy": {"mean": curve.mean[last], "ci95": curve.ci95[last]},
         "accuracy_by_step": curve.to_dict(range(last + 1)),
