@@ -71,3 +71,27 @@ def test_each_kind_of_problem_is_found():
     assert len(problems(cell(warning))) == 1
     assert len(problems(cell(error))) == 1
     assert len(problems(cell(axes))) == 1
+
+
+MAX_CELL_LINES = 30  # a code cell a reader takes in at a glance
+
+
+def long_cells(notebook: dict) -> list[str]:
+    """The code cells over ``MAX_CELL_LINES`` lines, as 'cell N: L lines'."""
+    return [
+        f"cell {index}: {len(text(cell['source']).splitlines())} lines"
+        for index, cell in enumerate(notebook["cells"])
+        if cell["cell_type"] == "code" and len(text(cell["source"]).splitlines()) > MAX_CELL_LINES
+    ]
+
+
+@pytest.mark.parametrize("path", CHAPTERS, ids=[p.stem for p in CHAPTERS])
+def test_no_code_cell_is_longer_than_a_screen(path):
+    assert long_cells(json.loads(path.read_text())) == []
+
+
+def test_a_long_cell_is_found():
+    short, long = "\n".join(["x = 1"] * MAX_CELL_LINES), "\n".join(["x = 1"] * 31)
+    notebook = {"cells": [{"cell_type": "code", "source": s} for s in (short, long)]}
+    notebook["cells"].append({"cell_type": "markdown", "source": long})
+    assert long_cells(notebook) == ["cell 1: 31 lines"]
