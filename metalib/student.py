@@ -1,10 +1,11 @@
 """Student versions of the chapters: every solution cell replaced by a placeholder.
 
-A chapter's exercises that ask for code have a solution cell right after them, marked by
-the cell tag ``solution`` (cell metadata, not a comment convention). The student version
-of a notebook is the same notebook with each such cell's source replaced by
-:data:`PLACEHOLDER` and its outputs removed; every other cell, its outputs included, is
-kept as it is. The result depends only on the input, so regenerating gives the same bytes.
+A chapter's exercises that ask for code have a solution right after them: one code cell,
+or a few in a row, marked by the cell tag ``solution`` (cell metadata, not a comment
+convention). The student version of a notebook is the same notebook with each solution
+replaced by one cell holding :data:`PLACEHOLDER`, without outputs; every other cell, its
+outputs included, is kept as it is. The result depends only on the input, so regenerating
+gives the same bytes.
 
 ``make student`` (``python -m metalib.student --out student notebooks/*.ipynb``) writes
 them; they are never committed. ``tests/test_student.py`` checks the rules above and runs
@@ -37,14 +38,27 @@ def is_solution(cell: NotebookNode) -> bool:
     return cell.cell_type == "code" and SOLUTION_TAG in cell.get("metadata", {}).get("tags", [])
 
 
+def solution_starts(cells: Iterable[NotebookNode]) -> list[int]:
+    """The indices of the cells that begin a solution: solution cells not right after one."""
+    flags = [is_solution(cell) for cell in cells]
+    return [i for i, flag in enumerate(flags) if flag and not (i and flags[i - 1])]
+
+
 def student_version(notebook: NotebookNode) -> NotebookNode:
-    """A copy of ``notebook`` with each solution cell's source and outputs replaced."""
+    """A copy of ``notebook`` with each solution (its consecutive solution cells) replaced
+    by one placeholder cell."""
     student = copy.deepcopy(notebook)
-    for cell in student.cells:
+    starts = set(solution_starts(student.cells))
+    cells = []
+    for i, cell in enumerate(student.cells):
         if is_solution(cell):
+            if i not in starts:
+                continue  # the rest of a solution that spans cells
             cell.source = PLACEHOLDER
             cell.outputs = []
             cell.execution_count = None
+        cells.append(cell)
+    student.cells = cells
     return student
 
 
@@ -104,8 +118,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 2
     for path in written:
-        solutions = sum(map(is_solution, nbformat.read(path, as_version=4).cells))
-        print(f"{path} ({solutions} solution cells replaced)")
+        solutions = len(solution_starts(nbformat.read(path, as_version=4).cells))
+        print(f"{path} ({solutions} solutions replaced)")
     return 0
 
 
@@ -113,6 +127,7 @@ __all__ = [
     "PLACEHOLDER",
     "SOLUTION_TAG",
     "is_solution",
+    "solution_starts",
     "student_version",
     "up_to_first_placeholder",
     "write_student_versions",
