@@ -1,13 +1,16 @@
 """The memory-augmented learner: label timing, memory, instance numbers, smoke training."""
 
+import json
+
 import pytest
 import torch
 
 from metalib import recipes
 from metalib.algorithms import mann
 from metalib.data import omniglot
-from metalib.recipes import mann_omniglot
+from metalib.recipes import mann_omniglot, metric_omniglot
 from metalib.recipes.mann_omniglot import MANNConfig
+from metalib.recipes.metric_omniglot import MetricConfig
 
 
 def sequences(tasks=2, steps=6, n_way=3, seed=0):
@@ -121,6 +124,65 @@ def test_checkpoint_round_trip(tiny, tmp_path):
     torch.testing.assert_close(model(x, y), trained.model(x, y))
 
 
+def test_the_sidecar_records_the_loss_curve_in_windows(tiny):
+    trained = mann_omniglot.train(tiny_config(meta_steps=5), data=tiny, progress=False)
+    trained.history.losses[:] = [float(i) for i in range(250)]  # as if 250 steps
+    curve = mann_omniglot.metrics(trained, data=tiny, episodes=2)["train_loss_curve"]
+    assert curve["every"] == 3 and len(curve["mean"]) == 84
+    assert curve["mean"][:2] == [1.0, 4.0] and curve["mean"][-1] == 249.0  # last window: 1
+
+
 def test_sequences_longer_than_the_drawers_are_refused(tiny):
     with pytest.raises(ValueError, match="exceeds the 20"):
         mann_omniglot.sequence_sampler(tiny, tiny_config(instances=20), split="train")
+
+
+def test_a_frozen_protonet_embedding_stays_as_loaded(tiny, tmp_path):
+    protonet = metric_omniglot.train(
+        MetricConfig(scheme="lake", train_way=10, k_query=3, meta_steps=3),
+        data=tiny,
+        device="cpu",
+        progress=False,
+    )
+    recipes.save(protonet, tmp_path / "proto")
+    config = tiny_config(meta_steps=3, embedding=str(tmp_path / "proto"))
+    trained = mann_omniglot.train(config, data=tiny, device="cpu", progress=False)
+    # Three Adam steps moved the rest of the network, and nothing of the embedding:
+    # neither its weights nor its batch-norm statistics (it ran in eval mode throughout).
+    for name, value in protonet.model.state_dict().items():
+        assert torch.equal(trained.model.embedding.state_dict()[name], value), name
+    fresh = tiny_config(meta_steps=0, embedding=str(tmp_path / "proto"))
+    start = mann_omniglot.train(fresh, data=tiny, device="cpu", progress=False).model
+    assert not torch.equal(start.controller.weight_ih, trained.model.controller.weight_ih)
+    assert not any(p.requires_grad for p in trained.model.embedding.parameters())
+    assert not trained.model.train().embedding.training and trained.model.controller.training
+    _, sidecar = recipes.save(trained, tmp_path / "m")
+    assert json.loads(sidecar.read_text())["config"]["embedding"] == str(tmp_path / "proto")
+    loaded = recipes.load(tmp_path / "m.pt", family=mann_omniglot).model
+    x, y = sequences(n_way=3)
+    torch.testing.assert_close(loaded(x, y), trained.model.eval()(x, y))
+
+
+def test_an_embedding_of_another_split_or_recipe_is_refused(tiny, tmp_path):
+    protonet = metric_omniglot.train(
+        MetricConfig(scheme="lake", train_way=10, k_query=3, meta_steps=1),
+        data=tiny,
+        device="cpu",
+        progress=False,
+    )
+    recipes.save(protonet, tmp_path / "proto")
+    model = tiny_config().model()
+    with pytest.raises(ValueError, match=r"embedding='.*proto' was trained on the lake split"):
+        metric_omniglot.load_protonet_embedding(
+            model.embedding, str(tmp_path / "proto"), scheme="vinyals", option="embedding"
+        )
+    mann_run = mann_omniglot.train(tiny_config(meta_steps=1), data=tiny, progress=False)
+    recipes.save(mann_run, tmp_path / "mann")
+    with pytest.raises(ValueError, match="not 'protonet-omniglot'"):
+        mann_omniglot.train(
+            tiny_config(embedding=str(tmp_path / "mann")), data=tiny, device="cpu", progress=False
+        )
+    with pytest.raises(FileNotFoundError, match="nowhere"):
+        mann_omniglot.train(
+            tiny_config(embedding=str(tmp_path / "nowhere")), data=tiny, progress=False
+        )

@@ -192,15 +192,19 @@ def test_protomaml_refuses_an_init_of_another_split_or_recipe(tiny, tmp_path):
     )
     config = tiny_config(method="protomaml", init=str(tmp_path / "lake"), scheme="vinyals")
     with pytest.raises(ValueError, match="trained on the lake split, not vinyals"):
-        metric_omniglot.start_from(config.model(), config)
+        metric_omniglot.load_protonet_embedding(
+            config.model(), config.init, scheme=config.scheme, option="init"
+        )
     matching = metric_omniglot.train(
         tiny_config(method="matching", meta_steps=1), data=tiny, device="cpu", progress=False
     )
     recipes.save(matching, tmp_path / "m")
     config = tiny_config(method="protomaml", init=str(tmp_path / "m"))
     with pytest.raises(ValueError, match="not 'protonet-omniglot'"):
-        metric_omniglot.start_from(config.model(), config)
+        metric_omniglot.load_protonet_embedding(
+            config.model(), config.init, scheme=config.scheme, option="init"
+        )
     with pytest.raises(FileNotFoundError, match="nowhere"):
-        metric_omniglot.start_from(
-            config.model(), tiny_config(method="protomaml", init=str(tmp_path / "nowhere"))
+        metric_omniglot.load_protonet_embedding(
+            config.model(), str(tmp_path / "nowhere"), scheme="lake", option="init"
         )

@@ -41,6 +41,10 @@ class MANN(nn.Module):
             ``memory_slots=0`` leaves the memory out.
         reads: read heads (the paper: 4).
         gamma: usage decay (the paper: 0.95).
+        frozen_embedding: keep the convolutional embedding fixed: its parameters get no
+            gradient and it stays in eval mode (running batch-norm statistics) whatever
+            mode the rest of the network is in. For an embedding loaded from a trained
+            ProtoNet (``mann-omniglot --embedding``); the paper learns it with the rest.
     """
 
     def __init__(
@@ -52,6 +56,7 @@ class MANN(nn.Module):
         memory_width: int = 40,
         reads: int = 4,
         gamma: float = 0.95,
+        frozen_embedding: bool = False,
     ) -> None:
         super().__init__()
         checks.count("n_way", n_way, 2)
@@ -71,12 +76,23 @@ class MANN(nn.Module):
             gamma,
         )
         self.embedding = ConvEmbedding()
+        self.frozen_embedding = frozen_embedding
+        if frozen_embedding:
+            self.embedding.requires_grad_(False)
+            self.embedding.eval()
         self.controller = nn.LSTMCell(64 + n_way, hidden)
         read_size = reads * memory_width if memory_slots else 0
         if memory_slots:
             self.keys = nn.Linear(hidden, reads * memory_width)
             self.write_gate = nn.Linear(hidden, reads)
         self.output = nn.Linear(hidden + read_size, n_way)
+
+    def train(self, mode: bool = True) -> MANN:
+        """Set the training mode; a frozen embedding stays in eval mode."""
+        super().train(mode)
+        if self.frozen_embedding:
+            self.embedding.eval()
+        return self
 
     def forward(self, x: Tensor, y: Tensor) -> Tensor:
         """Logits for every step of a batch of sequences.

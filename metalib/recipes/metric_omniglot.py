@@ -224,7 +224,7 @@ def train(
     torch.manual_seed(config.seed)
     model = (build(config) if model is None else model).to(dev)
     if config.init:
-        start_from(model, config)
+        load_protonet_embedding(model, config.init, scheme=config.scheme, option="init")
     # ProtoMAML keeps the batch-norm statistics it starts from: each task adapts alone.
     model.train(config.method != "protomaml")
     generator = torch.Generator().manual_seed(config.seed)
@@ -258,21 +258,26 @@ def train(
     return Run(config, model.eval(), params, history, dev)
 
 
-def start_from(model: nn.Module, config: MetricConfig) -> None:
-    """Load the embedding of the ProtoNet checkpoint ``config.init`` into ``model``.
+def load_protonet_embedding(
+    module: nn.Module, checkpoint: str, *, scheme: str, option: str
+) -> None:
+    """Load the embedding (weights and batch-norm statistics) of the ProtoNet checkpoint
+    ``checkpoint`` (a shipped name or a path) into ``module``, a :class:`ConvEmbedding`.
+
+    ``option`` names the setting that asked for it, for the error messages.
 
     Raises:
         FileNotFoundError: if there is no such checkpoint.
-        ValueError: if it is not a ``protonet-omniglot`` checkpoint of ``config.scheme``.
+        ValueError: if it is not a ``protonet-omniglot`` checkpoint of the split ``scheme``.
     """
-    blob = checkpoints.load(checkpoints.path_of(config.init), recipe="protonet-omniglot")
-    scheme = blob["config"].get("scheme")
-    if scheme != config.scheme:
+    blob = checkpoints.load(checkpoints.path_of(checkpoint), recipe="protonet-omniglot")
+    trained_on = blob["config"].get("scheme")
+    if trained_on != scheme:
         raise ValueError(
-            f"init={config.init!r} was trained on the {scheme} split, not {config.scheme}: "
+            f"{option}={checkpoint!r} was trained on the {trained_on} split, not {scheme}: "
             "start from a ProtoNet of the same split, so no test class was seen in training."
         )
-    load_weights(model, blob["state_dict"], "ProtoNet embedding")
+    load_weights(module, blob["state_dict"], "ProtoNet embedding")
 
 
 @torch.no_grad()
