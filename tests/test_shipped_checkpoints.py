@@ -12,6 +12,7 @@ import io
 import json
 
 import pytest
+import torch
 
 from metalib import checkpoints, cli, runtime
 
@@ -278,3 +279,46 @@ def test_shipped_transfer_baseline_matches_its_sidecar(real_omniglot, monkeypatc
     result = json.loads(out.getvalue())
     assert (result["n_way"], result["k_shot"], result["fine_tune"]) == (5, 1, "head")
     assert abs(result["accuracy"]["mean"] - recorded["mean"]) <= 3 * result["accuracy"]["ci95"]
+
+
+def counting_accuracy(n_way, instances, sequences=2000):
+    """By sight of a class: how often the label with the most appearances left is right
+    (ties split), over random sequences; the best a learner blind to the drawings can do."""
+    generator = torch.Generator().manual_seed(0)
+    right = torch.zeros(instances)
+    for _ in range(sequences):
+        labels = torch.arange(n_way).repeat(instances)
+        left, seen = [instances] * n_way, [0] * n_way
+        for label in labels[torch.randperm(len(labels), generator=generator)].tolist():
+            likeliest = [c for c in range(n_way) if left[c] == max(left)]
+            right[seen[label]] += (label in likeliest) / len(likeliest)
+            seen[label], left[label] = seen[label] + 1, left[label] - 1
+    return (right / (sequences * n_way)).tolist()
+
+
+def test_counting_accuracy_by_hand():
+    # 2 classes seen once each: the first label is a coin toss, the second is certain.
+    assert counting_accuracy(2, 1, sequences=200) == [0.75]
+
+
+def test_shipped_mann_binds_drawings_to_labels(real_omniglot, monkeypatch):
+    """mann_omniglot_3way (chapter 08) is right on later sights of a class far more often
+    than counting the labels, which needs no drawing; its sidecar's numbers reproduce."""
+    monkeypatch.setenv("METALIB_DATA", str(real_omniglot.data_dir))
+    monkeypatch.setenv("METALIB_CACHE", str(real_omniglot.cache_path.parent))
+    stem = SHIPPED / "mann_omniglot_3way"
+    sidecar = checkpoints.load(stem)["sidecar"]
+    assert sidecar["command"].startswith("python -m metalib train mann-omniglot ")
+    assert sidecar["metrics"]["steps"] == sidecar["config"]["meta_steps"]
+    config = sidecar["config"]
+    recorded = sidecar["metrics"]["test_accuracy"]["by_instance"]
+    counting = counting_accuracy(config["n_way"], config["instances"])
+    for sight in range(2, config["instances"] + 1):
+        assert recorded[str(sight)]["mean"] > counting[sight - 1] + 0.2, (recorded, counting)
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        argv = ["evaluate", f"{stem}.pt", "--episodes", "200", "--device", "cpu"]
+        assert cli.main(argv) == 0
+    result = json.loads(out.getvalue())["by_instance"]
+    for sight, value in result.items():
+        assert abs(value["mean"] - recorded[sight]["mean"]) <= 3 * value["ci95"], (sight, value)
