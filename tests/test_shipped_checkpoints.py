@@ -301,12 +301,13 @@ def test_counting_accuracy_by_hand():
     assert counting_accuracy(2, 1, sequences=200) == [0.75]
 
 
-def test_shipped_mann_binds_drawings_to_labels(real_omniglot, monkeypatch):
-    """mann_omniglot_3way (chapter 08) is right on later sights of a class far more often
-    than counting the labels, which needs no drawing; its sidecar's numbers reproduce."""
+@pytest.mark.parametrize("name", ["mann_omniglot_3way", "lstm_omniglot_3way"])
+def test_shipped_mann_binds_drawings_to_labels(name, real_omniglot, monkeypatch):
+    """The MANN of chapter 08 and its LSTM baseline are right on later sights of a class far
+    more often than counting the labels, which needs no drawing; their sidecars reproduce."""
     monkeypatch.setenv("METALIB_DATA", str(real_omniglot.data_dir))
     monkeypatch.setenv("METALIB_CACHE", str(real_omniglot.cache_path.parent))
-    stem = SHIPPED / "mann_omniglot_3way"
+    stem = SHIPPED / name
     sidecar = checkpoints.load(stem)["sidecar"]
     assert sidecar["command"].startswith("python -m metalib train mann-omniglot ")
     assert sidecar["metrics"]["steps"] == sidecar["config"]["meta_steps"]
