@@ -137,14 +137,16 @@ def test_sequences_longer_than_the_drawers_are_refused(tiny):
         mann_omniglot.sequence_sampler(tiny, tiny_config(instances=20), split="train")
 
 
+def saved_protonet(tiny, path, steps):
+    """A ProtoNet of the lake split trained for ``steps`` episodes, saved to ``path``."""
+    config = MetricConfig(scheme="lake", train_way=10, k_query=3, meta_steps=steps)
+    protonet = metric_omniglot.train(config, data=tiny, device="cpu", progress=False)
+    recipes.save(protonet, path)
+    return protonet
+
+
 def test_a_frozen_protonet_embedding_stays_as_loaded(tiny, tmp_path):
-    protonet = metric_omniglot.train(
-        MetricConfig(scheme="lake", train_way=10, k_query=3, meta_steps=3),
-        data=tiny,
-        device="cpu",
-        progress=False,
-    )
-    recipes.save(protonet, tmp_path / "proto")
+    protonet = saved_protonet(tiny, tmp_path / "proto", steps=3)
     config = tiny_config(meta_steps=3, embedding=str(tmp_path / "proto"))
     trained = mann_omniglot.train(config, data=tiny, device="cpu", progress=False)
     # Three Adam steps moved the rest of the network, and nothing of the embedding:
@@ -164,13 +166,7 @@ def test_a_frozen_protonet_embedding_stays_as_loaded(tiny, tmp_path):
 
 
 def test_an_embedding_of_another_split_or_recipe_is_refused(tiny, tmp_path):
-    protonet = metric_omniglot.train(
-        MetricConfig(scheme="lake", train_way=10, k_query=3, meta_steps=1),
-        data=tiny,
-        device="cpu",
-        progress=False,
-    )
-    recipes.save(protonet, tmp_path / "proto")
+    saved_protonet(tiny, tmp_path / "proto", steps=1)
     model = tiny_config().model()
     with pytest.raises(ValueError, match=r"embedding='.*proto' was trained on the lake split"):
         metric_omniglot.load_protonet_embedding(
