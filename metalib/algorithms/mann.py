@@ -44,7 +44,8 @@ class MANN(nn.Module):
         frozen_embedding: keep the convolutional embedding fixed: its parameters get no
             gradient and it stays in eval mode (running batch-norm statistics) whatever
             mode the rest of the network is in. For an embedding loaded from a trained
-            ProtoNet (``mann-omniglot --embedding``); the paper learns it with the rest.
+            ProtoNet (``mann-omniglot --embedding``). The paper has no separate embedding: its
+            controller reads the pixels, and everything is learned together.
     """
 
     def __init__(

@@ -8,7 +8,8 @@ test episodes of the same split. Taught in ``notebooks/08_model_based.ipynb``.
 
 With ``embedding`` set, the network's convolutional embedding is a trained ProtoNet's
 (chapter 07), frozen: only the controller, the memory's keys and gate and the output layer
-learn. That departs from the paper, which learns the embedding with the rest; it lets a CPU
+learn. The paper has no convolutional embedding (its controller reads the pixels and
+everything is learned together), so this departs from it further; it lets a CPU
 show one-shot binding of drawings to labels in minutes (chapter 08, section 7).
 """
 
@@ -70,7 +71,8 @@ class MANNConfig(Config):
         "seed": Flag("seed for weights and sequence sampling"),
         "embedding": Flag(
             "ProtoNet checkpoint (name or path, same split) whose embedding is used, frozen in "
-            "eval mode; a departure from the paper, which learns it ('': learn it)"
+            "eval mode; a departure from the paper, which learns everything from the pixels ('': "
+            "learn it with the rest)"
         ),
     }
 
