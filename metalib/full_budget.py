@@ -75,7 +75,11 @@ JOBS = (
         ("--k-shot", "1", "--meta-steps", "20000"),
         _METRIC_SMOKE,
     ),
-    Job("protonet_omniglot_5shot", "protonet-omniglot", ("--k-shot", "5", "--meta-steps", "20000")),
+    Job(  # chosen on 20-way 5-shot validation: at 5-way it sits at 99.7%, too near the ceiling
+        "protonet_omniglot_5shot",
+        "protonet-omniglot",
+        ("--n-way", "20", "--k-shot", "5", "--meta-steps", "20000"),
+    ),
     Job(
         "protonet_omniglot_lake_1shot",
         "protonet-omniglot",
