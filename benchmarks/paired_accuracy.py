@@ -87,7 +87,7 @@ def main() -> None:
                 continue
             recorded = sidecar["metrics"]["test_accuracy"].get(setting)
             if recorded is None:
-                raise SystemExit(f"{path}: no {setting} test accuracy in its sidecar; pass --k-shot")
+                raise SystemExit(f"{path}: no {setting} accuracy in its sidecar; pass --k-shot")
             if abs(float(values.mean()) - recorded["mean"]) > 1e-5:
                 raise SystemExit(f"{path}: {setting} {values.mean():.6f} is not its sidecar's")
         gaps = {key: values - reference[key] for key, values in accuracy.items()}
