@@ -243,13 +243,14 @@ def omniglot_rows(entries: list[Entry]) -> list[dict]:
 
 
 def trained_on(rows: list[dict], kind: str) -> list[dict]:
-    """The rows of checkpoints trained on a device of ``kind`` (``"cpu"`` or ``"cuda"``).
+    """The rows of checkpoints trained on devices of ``kind`` only (``"cpu"`` or ``"cuda"``;
+    a run resumed on another kind of device, or partly unrecorded, is in neither).
 
     Chapter 09's claims about the course's CPU budgets are checked on the CPU-trained rows,
     so checkpoints trained at the papers' budgets on a GPU join the tables without
     changing what those claims say.
     """
-    return [r for r in rows if r["train_device"].split(" ")[0] == kind]
+    return [r for r in rows if runtime.device_kinds(r["train_device"]) == {kind}]
 
 
 def ms_per_task(record: dict, checkpoint: str) -> float | None:

@@ -149,6 +149,23 @@ def describe_device(dev: torch.device) -> str:
     return dev.type
 
 
+def describe_parts(parts: list[list]) -> str:
+    """Where a run's steps ran, from ``History.parts``: the one device, or each in turn.
+
+    ``[["cuda (NVIDIA H200)", 12000], ["cpu (2 threads)", 8000]]`` gives
+    ``"cuda (NVIDIA H200) for 12,000 steps, then cpu (2 threads) for 8,000 steps"``.
+    """
+    if len(parts) == 1:
+        return parts[0][0]
+    return ", then ".join(f"{device} for {steps:,} steps" for device, steps in parts)
+
+
+def device_kinds(description: str) -> set[str]:
+    """The device types in a sidecar's ``device`` (one from ``describe_device``, or several
+    from ``describe_parts``), e.g. ``{"cuda", "cpu"}``."""
+    return {part.split(" ")[0] for part in description.split(", then ")}
+
+
 def cpu_times(stat: str | os.PathLike[str] = "/proc/stat") -> tuple[int, int] | None:
     """(steal, total) CPU time in clock ticks since boot, from Linux's /proc/stat; else None.
 

@@ -21,7 +21,7 @@ from torch import Tensor, nn
 from torch.func import functional_call, vmap
 from tqdm import tqdm
 
-from metalib import checks
+from metalib import checks, runtime
 from metalib.algorithms import maml
 from metalib.tasks import TaskBatch
 
@@ -45,6 +45,9 @@ class History:
     # kept with its score, e.g. ``{"step": 1500, "val_accuracy": 0.97}``.
     validation: list[list[float]] = field(default_factory=list)
     selected: dict[str, float] | None = None
+    # Where the steps ran, in order: ``[device, steps]`` pairs (``runtime.describe_device``),
+    # one per stretch on the same device; a run resumed elsewhere has several.
+    parts: list[list] = field(default_factory=list)
 
     @property
     def steps(self) -> int:
@@ -52,6 +55,19 @@ class History:
 
 
 SCHEDULES = ("constant", "cosine", "halving")
+
+
+def merge_parts(parts: list[list]) -> list[list]:
+    """``[device, steps]`` pairs with neighbours on the same device joined, empty ones dropped."""
+    merged: list[list] = []
+    for device, steps in parts:
+        if steps <= 0:
+            continue
+        if merged and merged[-1][0] == device:
+            merged[-1][1] += steps
+        else:
+            merged.append([device, steps])
+    return merged
 
 
 def check_outer_lr(outer_lr: float, outer_lr_schedule: str) -> None:
@@ -123,8 +139,8 @@ def train_loop(
         resume: a state given earlier to ``save_state``: training continues from its step
             with its optimiser state and history (``params`` must hold the parameters
             saved with it; the caller restores those and its sampling generator).
-        save_state: called with the loop's state (``step``, ``optimizer``,
-            ``schedule``, ``losses``, ``seconds``) every ``save_every`` steps, at the end,
+        save_state: called with the loop's state (``step``, ``optimizer``, ``schedule``,
+            ``losses``, ``seconds``, ``parts``) every ``save_every`` steps, at the end,
             and when training is interrupted (``KeyboardInterrupt``), before re-raising;
             not when the interrupt lands while Adam updates the parameters, whose state
             is then half-way (the one saved last stands).
@@ -160,7 +176,16 @@ def train_loop(
             schedule.load_state_dict(resume["schedule"])
         history = History(losses=list(resume["losses"]), seconds=resume["seconds"])
         first = resume["step"]
+    here = runtime.describe_device(leaves[0].device)
+    before = [list(part) for part in (resume or {}).get("parts", [])]
+    unrecorded = first - sum(steps for _, steps in before)  # a state older than parts
+    if unrecorded > 0:
+        before.append(["not recorded", unrecorded])
     start = time.perf_counter() - history.seconds
+
+    def parts(step: int) -> list[list]:
+        """Where steps 0..``step`` ran: the earlier parts, then this one."""
+        return merge_parts([*before, [here, step - first]])
 
     def state(step: int) -> dict:
         return {
@@ -169,6 +194,7 @@ def train_loop(
             "schedule": None if schedule is None else schedule.state_dict(),
             "losses": list(history.losses),
             "seconds": time.perf_counter() - start,
+            "parts": parts(step),
         }
 
     bar = tqdm(
@@ -222,6 +248,7 @@ def train_loop(
         raise
     bar.close()
     history.seconds = time.perf_counter() - start
+    history.parts = parts(len(history.losses))
     if save_state is not None:
         save_state(state(len(history.losses)))
     return history

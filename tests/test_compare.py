@@ -1,3 +1,4 @@
+import dataclasses
 import json
 
 import pytest
@@ -101,10 +102,15 @@ def test_claims_about_cpu_budgets_read_the_cpu_trained_rows_only():
         60_000,
         "cuda (NVIDIA H200)",
     )
-    rows = compare.omniglot_rows([cpu, gpu])
-    assert [r["checkpoint"] for r in rows] == ["g", "c"]
+    both = dataclasses.replace(
+        gpu,
+        checkpoint="b",
+        train_device="cuda (NVIDIA H200) for 12,000 steps, then cpu (2 threads) for 8,000 steps",
+    )
+    rows = compare.omniglot_rows([cpu, gpu, both])
+    assert [r["checkpoint"] for r in rows] == ["g", "b", "c"]
     assert [r["checkpoint"] for r in compare.trained_on(rows, "cpu")] == ["c"]
-    assert [r["checkpoint"] for r in compare.trained_on(rows, "cuda")] == ["g"]
+    assert [r["checkpoint"] for r in compare.trained_on(rows, "cuda")] == ["g"]  # not "b"
 
 
 def test_a_checkpoint_the_benchmark_has_not_timed_has_no_cost():

@@ -146,6 +146,8 @@ def test_every_recipe_trains_stops_resumes_saves_loads_and_evaluates(
     pt_path, _ = recipes.save(resumed, tmp_path / "model", metrics={"x": 1}, command="test")
     loaded = recipes.load(pt_path)
     assert loaded.config == resumed.config and loaded.sidecar["recipe"] == recipe
+    # stopped and resumed four times on one device: one stretch, named as an unbroken run's
+    assert loaded.sidecar["device"] == runtime.describe_device(torch.device("cpu"))
     assert_same_tensors(family.state_dict(loaded), family.state_dict(resumed))
     result = evaluate(recipe, loaded, tiny)
     assert result == evaluate(recipe, resumed, tiny), "the same test tasks for every run"

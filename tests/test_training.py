@@ -4,6 +4,7 @@ import math
 import pytest
 import torch
 
+from metalib import runtime
 from metalib.evaluation import held_out_tasks
 from metalib.models import SinusoidMLP, parameters_of
 from metalib.recipes import sinusoid
@@ -226,3 +227,35 @@ def test_max_grad_norm_scales_the_gradient_down_before_the_step():
     assert seen == [pytest.approx(500.0)]
     with pytest.raises(ValueError, match="max_grad_norm=-1"):
         train_loop(loss, {"w": w}, meta_steps=1, max_grad_norm=-1, progress=False)
+
+
+def test_a_run_resumed_on_another_device_records_each_part(monkeypatch):
+    w = torch.zeros(1, requires_grad=True)
+    saved = []
+
+    def run(**kwargs):
+        return train_loop(
+            lambda s: (w - 1).pow(2).sum(),
+            {"w": w},
+            meta_steps=6,
+            progress=False,
+            save_state=saved.append,
+            **kwargs,
+        )
+
+    here = runtime.describe_device(torch.device("cpu"))
+    first = run(callback=lambda s, loss: s == 2)  # 3 steps here
+    stopped = saved[-1]
+    assert first.stopped_early and first.parts == [[here, 3]] == stopped["parts"]
+    again = run(resume=stopped)  # the same device: one stretch of 6 steps
+    assert again.parts == [[here, 6]] and runtime.describe_parts(again.parts) == here
+
+    monkeypatch.setattr(runtime, "describe_device", lambda device: "cuda (Test GPU)")
+    elsewhere = run(resume=stopped)  # the state after 3 steps, resumed "on a GPU"
+    assert elsewhere.steps == 6 and elsewhere.parts == [[here, 3], ["cuda (Test GPU)", 3]]
+    described = runtime.describe_parts(elsewhere.parts)
+    assert described == f"{here} for 3 steps, then cuda (Test GPU) for 3 steps"
+    assert runtime.device_kinds(described) == {"cpu", "cuda"}
+
+    older = {k: v for k, v in stopped.items() if k != "parts"}  # a state from before parts
+    assert run(resume=older).parts == [["not recorded", 3], ["cuda (Test GPU)", 3]]

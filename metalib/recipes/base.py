@@ -382,7 +382,11 @@ def save(
         config=run.config.to_dict(),
         state_dict=state_dict,
         metrics=metrics,
-        device=runtime.describe_device(run.device),
+        device=(
+            runtime.describe_parts(history.parts)
+            if history is not None and history.parts
+            else runtime.describe_device(run.device)
+        ),
         wall_time_s=None if run.history is None else round(run.history.seconds, 2),
         command=command,
     )
