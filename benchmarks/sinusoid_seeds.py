@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+import math
 import statistics
 import time
 from pathlib import Path
@@ -82,6 +83,12 @@ def one_run(method: str, seed: int, overrides: dict[str, object]) -> dict[str, o
         "seconds": round(seconds, 1),
         **training_summary([float(v) for v in run.history.losses]),
     }
+    if run.history.selected:  # chosen on validation tasks (``validate_every``)
+        row["kept_step"] = run.history.selected["step"]
+        row["validation"] = [
+            [step, round(score, 4) if math.isfinite(score) else None]
+            for step, score in run.history.validation
+        ]
     targets = TARGETS.get(method, {})
     row["within_target"] = all(
         row["mse"][str(s)] is not None and lo <= row["mse"][str(s)] <= hi
@@ -146,7 +153,8 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     overrides = dict(args.set)
     record = {
-        "what": "K = 5 test MSE over 1,000 held-out tasks after 1, 5, 10 and 20 steps",
+        "what": "K = 5 test MSE over 1,000 held-out tasks after 1, 5 and 10 steps, and after "
+        "20 in runs made since 30 November 2026",
         "overrides": overrides,
         "device": runtime.describe_device(torch.device("cpu")),
         "torch": torch.__version__,

@@ -2,6 +2,7 @@
 are kept, the same ones after any stop and resume, and the sidecar says which step it was."""
 
 import json
+import math
 from dataclasses import dataclass, replace
 
 import pytest
@@ -22,8 +23,9 @@ class Toy(base.Config):
         return "toy"
 
 
-def toy_run(config=Toy(), *, every=2, score_calls=None, **loop):
-    """Regress y = 3x with a batch-normed linear map; the score peaks when w has risen 0.3."""
+def toy_run(config=Toy(), *, every=2, score_calls=None, lower=False, **loop):
+    """Regress y = 3x with a batch-normed linear map; the score peaks when w has risen 0.3.
+    With ``lower``, the score is the distance from that peak and lower is better."""
     torch.manual_seed(0)
     model = nn.Sequential(nn.BatchNorm1d(1), nn.Linear(1, 1))
     peak = float(model[1].weight.detach()) + 0.3
@@ -37,9 +39,12 @@ def toy_run(config=Toy(), *, every=2, score_calls=None, **loop):
     def score():
         if score_calls is not None:
             score_calls.append(1)
-        return -abs(float(model[1].weight.detach()) - peak)
+        distance = abs(float(model[1].weight.detach()) - peak)
+        return distance if lower else -distance
 
-    validation = None if every is None else base.Validation(every, score)
+    validation = None
+    if every is not None:
+        validation = base.Validation(every, score, lower_is_better=lower)
     history = base.fit(
         step_loss,
         params,
@@ -71,6 +76,42 @@ def test_training_ends_with_the_best_validated_step():
     assert history.steps == 12, "all steps ran; only the tensors come from the kept one"
 
 
+def test_an_error_is_selected_by_its_lowest_value():
+    """A validation error (``lower_is_better``) keeps the step a score would: the lowest."""
+    model, history = toy_run(lower=True)
+    _, by_score = toy_run()
+    best_step, lowest = min(history.validation, key=lambda pair: pair[1])
+    assert history.selected == {"step": best_step, "val_accuracy": lowest}
+    assert best_step == by_score.selected["step"] and 2 < best_step < 12
+    shorter, _ = toy_run(replace(Toy(), meta_steps=best_step), every=None)
+    assert same_tensors(model, shorter)
+
+
+def test_a_diverged_validation_score_is_never_kept_and_is_written_as_null(tmp_path):
+    calls = []
+
+    def diverging_first(every, score, **options):
+        def wrapped():
+            calls.append(1)
+            return math.inf if len(calls) == 1 else score()
+
+        return original(every, wrapped, **options)
+
+    original = base.Validation
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(base, "Validation", diverging_first)
+        model, history = toy_run(lower=True)
+    assert history.validation[0] == [2, math.inf] and history.selected["step"] > 2
+    run = base.Run(Toy(), model, dict(model.named_parameters()), history, torch.device("cpu"))
+    _, json_path = base.save(run, tmp_path / "toy", state_dict=model.state_dict())
+
+    def refuse(constant):
+        raise AssertionError(f"the sidecar holds {constant}, which is not JSON")
+
+    selection = json.loads(json_path.read_text(), parse_constant=refuse)["metrics"]["selection"]
+    assert selection["scores"][0] == [2, None] and selection["kept"] == history.selected
+
+
 def test_without_validation_the_last_step_is_kept():
     _, history = toy_run(every=None)
     assert history.validation == [] and history.selected is None
@@ -91,14 +132,14 @@ def test_a_stop_while_validating_resumes_to_the_same_choice(tmp_path, stop_at_ca
     # Ctrl-C inside the score of a later check: that check is redone on resume.
     original = base.Validation
 
-    def interrupting(every, score, name="val_accuracy"):
+    def interrupting(every, score, **options):
         def wrapped():
             calls.append(1)
             if len(calls) == stop_at_call:
                 raise KeyboardInterrupt
             return score()
 
-        return original(every, wrapped, name)
+        return original(every, wrapped, **options)
 
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(base, "Validation", interrupting)
@@ -138,7 +179,7 @@ def patient_run(patience, **loop):
         patch.setattr(
             base,
             "Validation",
-            lambda every, score, name="val_accuracy": original(every, score, name, patience),
+            lambda every, score, **options: original(every, score, patience=patience, **options),
         )
         return toy_run(replace(Toy(), meta_steps=40), score_calls=calls, **loop)
 
@@ -180,3 +221,37 @@ def test_a_patient_run_resumes_to_the_same_stop(tmp_path):
     done, once_more = patient_run(2, resume_path=state, save_every=1)
     assert once_more.converged and once_more.steps == history.steps
     assert same_tensors(done, straight)
+
+
+def test_the_pretrained_sinusoid_baseline_keeps_its_best_validated_step():
+    """``sinusoid-pretrain`` selects on validation tasks (never the test tasks' seed): its
+    MSE after fine-tuning is not what it trains, and drifts (docs/retraining.md)."""
+    from metalib import evaluation
+    from metalib.recipes import sinusoid
+
+    assert sinusoid.config("sinusoid-pretrain").validate_every > 0
+    assert sinusoid.config("sinusoid-maml").validate_every == 0
+    assert evaluation.VALIDATION_SEED != evaluation.TEST_SEED
+    config = sinusoid.config("sinusoid-pretrain", meta_steps=60, meta_batch_size=20)
+    run = sinusoid.train(replace(config, validate_every=20), device="cpu", progress=False)
+    assert [step for step, _ in run.history.validation] == [20, 40, 60]
+    step, lowest = min(run.history.validation, key=lambda pair: pair[1])
+    assert run.history.selected == {"step": step, "val_mse_k5_5_steps": lowest}
+    again = sinusoid.mse_by_step(run, n_tasks=1000, max_steps=5, seed=evaluation.VALIDATION_SEED)
+    assert again.mean[5] == pytest.approx(lowest, rel=1e-6), "the kept step's own tensors"
+    assert sinusoid.validation_mse(sinusoid.learner_of(run)) == pytest.approx(lowest, rel=1e-6)
+
+
+def test_a_setting_added_later_is_left_out_of_a_config_at_its_default():
+    """So an older checkpoint's command writes its file byte for byte (test_reproducible)."""
+    from metalib.recipes import sinusoid
+
+    maml = sinusoid.config("sinusoid-maml")
+    assert "validate_every" not in maml.to_dict()
+    assert sinusoid.SinusoidConfig.from_dict(maml.to_dict()) == maml
+    pretrain = sinusoid.config("sinusoid-pretrain")
+    assert pretrain.to_dict()["validate_every"] == pretrain.validate_every > 0
+    assert sinusoid.SinusoidConfig.from_dict(pretrain.to_dict()) == pretrain
+    defaults = sinusoid.SinusoidConfig()
+    for name, value in sinusoid.SinusoidConfig.ADDED_LATER.items():
+        assert getattr(defaults, name) == value, "left out only at its default"

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import io
+import math
 import os
 import time
 from collections.abc import Callable
@@ -57,6 +58,11 @@ class Config:
     """
 
     FLAGS: ClassVar[dict[str, Flag]] = {}
+    # Fields added after checkpoints were shipped, with their defaults: :meth:`to_dict`
+    # leaves them out at that value, so that the command of a checkpoint made before they
+    # existed still writes it byte for byte (its file holds the config), and
+    # :meth:`from_dict` gives them back their default.
+    ADDED_LATER: ClassVar[dict[str, Any]] = {}
 
     @property
     def recipe(self) -> str:
@@ -69,7 +75,11 @@ class Config:
 
     def to_dict(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)  # type: ignore[call-overload]
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in data.items()}
+        return {
+            k: list(v) if isinstance(v, tuple) else v
+            for k, v in data.items()
+            if k not in self.ADDED_LATER or v != self.ADDED_LATER[k]
+        }
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], *, source: str = "the config") -> Config:
@@ -131,10 +141,11 @@ class Run:
 class Validation(NamedTuple):
     """Model selection for :func:`fit`: ``score()`` every ``every`` steps and at the last.
 
-    ``score`` (higher is better; for example the accuracy over fixed episodes of the
-    validation classes, never the test classes) must leave the training generator and the
-    network's mode as it found them. Training ends with the tensors of the best-scoring
-    step; ``History.selected`` names it and its score under ``name``.
+    ``score`` (for example the accuracy over fixed episodes of the validation classes,
+    never the test classes; higher is better, or lower with ``lower_is_better``, e.g. a
+    validation error) must leave the training generator and the network's mode as it found
+    them. Training ends with the tensors of the best-scoring step; ``History.selected``
+    names it and its score under ``name``.
 
     With ``patience`` above 0, training also ends (complete, not interrupted) once that
     many checks in a row have not beaten the best score: early stopping.
@@ -144,6 +155,11 @@ class Validation(NamedTuple):
     score: Callable[[], float]
     name: str = "val_accuracy"
     patience: int = 0
+    lower_is_better: bool = False
+
+    def beats(self, score: float, best: float) -> bool:
+        """Whether ``score`` is better than ``best``."""
+        return score < best if self.lower_is_better else score > best
 
 
 PATIENCE_FLAG = Flag(  # the same ``--patience`` for every recipe that validates
@@ -221,7 +237,7 @@ def fit(
             return
         score = float(validation.score())
         best = chosen["best"]
-        if best is None or score > best["score"]:
+        if best is None or validation.beats(score, best["score"]):
             best = {
                 "step": done,
                 "score": score,
@@ -370,9 +386,13 @@ def save(
     """
     history = run.history
     if history is not None and history.validation:
-        selection = {
-            "scores": history.validation,
-            "kept": history.selected,
+        selection = {  # a non-finite score (a diverged validation error) is written as null
+            "scores": [[step, _finite(score)] for step, score in history.validation],
+            "kept": history.selected
+            and {
+                key: _finite(value) if isinstance(value, float) else value
+                for key, value in history.selected.items()
+            },
             "converged": history.converged,
         }
         metrics = {**(metrics or {}), "selection": selection}
@@ -390,6 +410,10 @@ def save(
         wall_time_s=None if run.history is None else round(run.history.seconds, 2),
         command=command,
     )
+
+
+def _finite(value: float) -> float | None:
+    return value if math.isfinite(value) else None
 
 
 def restore_module(
