@@ -240,18 +240,3 @@ def test_the_pretrained_sinusoid_baseline_keeps_its_best_validated_step():
     again = sinusoid.mse_by_step(run, n_tasks=1000, max_steps=5, seed=evaluation.VALIDATION_SEED)
     assert again.mean[5] == pytest.approx(lowest, rel=1e-6), "the kept step's own tensors"
     assert sinusoid.validation_mse(sinusoid.learner_of(run)) == pytest.approx(lowest, rel=1e-6)
-
-
-def test_a_setting_added_later_is_left_out_of_a_config_at_its_default():
-    """So an older checkpoint's command writes its file byte for byte (test_reproducible)."""
-    from metalib.recipes import sinusoid
-
-    maml = sinusoid.config("sinusoid-maml")
-    assert "validate_every" not in maml.to_dict()
-    assert sinusoid.SinusoidConfig.from_dict(maml.to_dict()) == maml
-    pretrain = sinusoid.config("sinusoid-pretrain")
-    assert pretrain.to_dict()["validate_every"] == pretrain.validate_every > 0
-    assert sinusoid.SinusoidConfig.from_dict(pretrain.to_dict()) == pretrain
-    defaults = sinusoid.SinusoidConfig()
-    for name, value in sinusoid.SinusoidConfig.ADDED_LATER.items():
-        assert getattr(defaults, name) == value, "left out only at its default"

@@ -58,11 +58,6 @@ class Config:
     """
 
     FLAGS: ClassVar[dict[str, Flag]] = {}
-    # Fields added after checkpoints were shipped, with their defaults: :meth:`to_dict`
-    # leaves them out at that value, so that the command of a checkpoint made before they
-    # existed still writes it byte for byte (its file holds the config), and
-    # :meth:`from_dict` gives them back their default.
-    ADDED_LATER: ClassVar[dict[str, Any]] = {}
 
     @property
     def recipe(self) -> str:
@@ -75,11 +70,7 @@ class Config:
 
     def to_dict(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)  # type: ignore[call-overload]
-        return {
-            k: list(v) if isinstance(v, tuple) else v
-            for k, v in data.items()
-            if k not in self.ADDED_LATER or v != self.ADDED_LATER[k]
-        }
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in data.items()}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], *, source: str = "the config") -> Config:

@@ -148,7 +148,6 @@ class SinusoidConfig(Config):
         "hidden": Flag("widths of the hidden layers"),
         "seed": Flag("seed for weights and task sampling"),
     }
-    ADDED_LATER: ClassVar[dict[str, Any]] = {"validate_every": 0}
 
     def __post_init__(self) -> None:
         checks.one_of("method", self.method, METHODS)
